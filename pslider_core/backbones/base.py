@@ -1,0 +1,124 @@
+"""What every backbone adapter knows: classes, loading, hook points, LoRA layout, ComfyUI paths, generation steps.
+
+A backbone's specifics live in its adapter alone; the trainer, the sampler and the ComfyUI nodes ask the adapter
+instead of branching on the backbone name.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..conditioning import matching_modules, preference_conditioning
+from ..modules import PreferenceModules
+
+Conditioning = dict[str, Any]
+"""Per-prompt inputs of the transformer (embeddings, reference latents): tensors batched on dim 0, except
+entries whose key starts with `shared_` (position ids, token counts), which hold for every sample."""
+
+
+def select_conditioning(cond: Conditioning, index: torch.Tensor | list[int]) -> Conditioning:
+    """The samples `index` (repeats allowed: CFG doubling, K rollouts per prompt) of a conditioning batch."""
+    index = torch.as_tensor(index, dtype=torch.long)
+    return {k: v if k.startswith("shared_") else v[index.to(v.device)] for k, v in cond.items()}
+
+
+class BackboneAdapter:
+    """Base class; subclasses set the class attributes and implement the loading and generation methods."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    modality: ClassVar[str] = "image"  # "image" or "video": what rewards receive
+    needs_source: ClassVar[bool] = False  # editing backbones take a source image per prompt
+    # pixel size (and frames) that the tiny pipeline generates quickly: tests and demos use it
+    tiny_sample_size: ClassVar[dict[str, int]] = {"height": 32, "width": 32, "num_frames": 1}
+    default_base: ClassVar[str]  # hub id of the real base model
+    transformer_class: ClassVar[type[nn.Module]]
+    pipeline_class: ClassVar[type]
+
+    # diffusers hook points (module paths inside the transformer)
+    global_module: ClassVar[str]  # output = the global adaLN conditioning vector
+    block_module_pattern: ClassVar[str]  # regex over module names: image-stream feed-forward of each block
+    # the same points in ComfyUI's model tree (relative to BaseModel, i.e. starting with "diffusion_model.")
+    comfy_global_module: ClassVar[str]
+    comfy_block_module: ClassVar[str]  # format string with {i}
+
+    # LoRA layout
+    lora_target_modules: ClassVar[tuple[str, ...] | str]
+    lora_key_prefix: ClassVar[str]  # prefix of LoRA keys in the file, e.g. "transformer."
+
+    # ---------------------------------------------------------------- structure
+    def inner_dim(self, transformer: nn.Module) -> int:
+        """Width of the global conditioning vector and of the image-stream hidden states."""
+        cfg = transformer.config
+        return int(cfg.num_attention_heads * cfg.attention_head_dim)
+
+    def block_modules(self, transformer: nn.Module) -> list[str]:
+        return matching_modules(transformer, self.block_module_pattern)
+
+    def comfy_block_modules(self, num_blocks: int) -> list[str]:
+        return [self.comfy_block_module.format(i=i) for i in range(num_blocks)]
+
+    def target_token_mask(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """Tokens of this transformer call that the block path may change (None = all of them)."""
+        return None
+
+    def condition(
+        self, transformer: nn.Module, modules: PreferenceModules, w: torch.Tensor
+    ) -> AbstractContextManager[None]:
+        """Reversible context in which every transformer forward is conditioned on w."""
+        return preference_conditioning(transformer, modules, self, w)
+
+    # ---------------------------------------------------------------- loading
+    def load_pipeline(self, base: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> Any:
+        """Full diffusers pipeline from a hub id or a local directory (what users point `--base` at)."""
+        try:
+            return self.pipeline_class.from_pretrained(str(base), torch_dtype=torch_dtype)
+        except (OSError, ValueError) as err:
+            raise OSError(
+                f"Could not load the {self.name} base model from {str(base)!r}: {err}. Pass a local directory "
+                f"holding a diffusers {self.pipeline_class.__name__} (save_pretrained layout) or a reachable hub id."
+            ) from err
+
+    def load_transformer(self, base: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> nn.Module:
+        """Only the transformer (subfolder `transformer`) of a base model."""
+        try:
+            return self.transformer_class.from_pretrained(str(base), subfolder="transformer", torch_dtype=torch_dtype)
+        except (OSError, ValueError) as err:
+            raise OSError(
+                f"Could not load the {self.name} transformer from {str(base)!r}: {err}. Pass a diffusers model "
+                "directory (with a transformer/ subfolder) or a reachable hub id."
+            ) from err
+
+    def tiny_pipeline(self, seed: int = 0) -> Any:
+        """A randomly initialised miniature of the real pipeline, built from configs with no download."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- generation steps (trainer and sampler)
+    def encode_prompts(self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None) -> Conditioning:
+        """Text embeddings (and, for editing, source latents) for a batch of prompts."""
+        raise NotImplementedError
+
+    def initial_noise(
+        self, pipe: Any, batch: int, height: int, width: int, generator: torch.Generator, num_frames: int = 1
+    ) -> torch.Tensor:
+        """Gaussian noise in the model's state space (x at sigma = 1)."""
+        raise NotImplementedError
+
+    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor) -> torch.Tensor:
+        """Decreasing sigma grid of num_steps + 1 values from 1 to 0, as the backbone's scheduler spaces it."""
+        raise NotImplementedError
+
+    def predict_velocity(
+        self, pipe: Any, transformer: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:
+        """Flow-matching velocity v = noise - x0 at sigma (B,), same shape as x."""
+        raise NotImplementedError
+
+    def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
+        """Clean state -> images (B, 3, H, W) or videos (B, T, 3, H, W), float in [0, 1]."""
+        raise NotImplementedError

@@ -1,0 +1,107 @@
+"""Stable Diffusion 3 / 3.5 (text-to-image, MMDiT)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+from . import register_backbone
+from .base import BackboneAdapter, Conditioning
+from .tiny_text import tiny_clip_tokenizer, tiny_t5_tokenizer
+
+
+@register_backbone
+class SD3Adapter(BackboneAdapter):
+    name: ClassVar[str] = "sd3"
+    description: ClassVar[str] = "Stable Diffusion 3.5 text-to-image"
+    default_base: ClassVar[str] = "stabilityai/stable-diffusion-3.5-medium"
+    transformer_class: ClassVar[type[nn.Module]] = SD3Transformer2DModel
+    pipeline_class: ClassVar[type] = StableDiffusion3Pipeline
+
+    global_module: ClassVar[str] = "time_text_embed"
+    block_module_pattern: ClassVar[str] = r"transformer_blocks\.\d+\.ff"
+    comfy_global_module: ClassVar[str] = "diffusion_model.t_embedder"
+    comfy_block_module: ClassVar[str] = "diffusion_model.joint_blocks.{i}.x_block.mlp"
+
+    lora_target_modules: ClassVar[tuple[str, ...]] = (
+        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+    )
+    lora_key_prefix: ClassVar[str] = "transformer."
+
+    # T5 tokens per prompt; the real pipeline's default is 256, the tiny one keeps it short.
+    max_sequence_length: int = 256
+
+    def tiny_pipeline(self, seed: int = 0) -> StableDiffusion3Pipeline:
+        """2-block SD3 shaped the way ComfyUI's detector expects (hidden 64 x depth, head dim 64, 16 channels)."""
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+            attention_head_dim=64, num_attention_heads=2, joint_attention_dim=32,
+            caption_projection_dim=128, pooled_projection_dim=32, pos_embed_max_size=32,
+        )
+        clip_cfg = dict(
+            vocab_size=514, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            projection_dim=16, max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+        )
+        text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg))
+        tokenizer_3 = tiny_t5_tokenizer()
+        text_encoder_3 = T5EncoderModel(
+            T5Config(vocab_size=len(tokenizer_3), d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=4,
+                     relative_attention_num_buckets=8, dropout_rate=0.0)
+        )
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+            norm_num_groups=4, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+            shift_factor=0.0609, scaling_factor=1.5305,
+        )
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+            text_encoder=text_encoder, tokenizer=tiny_clip_tokenizer(), text_encoder_2=text_encoder_2,
+            tokenizer_2=tiny_clip_tokenizer(), text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+        )
+        for component in (text_encoder, text_encoder_2, text_encoder_3, vae, transformer):
+            component.eval()
+        return pipe
+
+    def encode_prompts(self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None) -> Conditioning:
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False,
+            device=pipe.transformer.device, max_sequence_length=self.max_sequence_length,
+        )
+        return {"prompt_embeds": embeds, "pooled_projections": pooled}
+
+    def initial_noise(
+        self, pipe: Any, batch: int, height: int, width: int, generator: torch.Generator, num_frames: int = 1
+    ) -> torch.Tensor:
+        f = pipe.vae_scale_factor
+        shape = (batch, pipe.transformer.config.in_channels, height // f, width // f)
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.transformer.device)
+
+    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor) -> torch.Tensor:
+        pipe.scheduler.set_timesteps(num_steps, device=x.device)
+        return pipe.scheduler.sigmas.to(torch.float32)
+
+    def predict_velocity(
+        self, pipe: Any, transformer: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:
+        dtype = transformer.dtype
+        return transformer(
+            hidden_states=x.to(dtype),
+            timestep=(sigma * 1000).to(dtype),
+            encoder_hidden_states=cond["prompt_embeds"].to(dtype),
+            pooled_projections=cond["pooled_projections"].to(dtype),
+            return_dict=False,
+        )[0].to(x.dtype)
+
+    def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
+        vae = pipe.vae
+        latents = x0 / vae.config.scaling_factor + vae.config.shift_factor
+        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)

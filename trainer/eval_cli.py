@@ -1,0 +1,9 @@
+"""`pslider-eval` command line."""
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Not available yet: lands with its own issue."""
+    raise click.ClickException("pslider-eval is not implemented yet in this version of pareto-slider.")
