@@ -40,7 +40,7 @@ def _trained_file(backbone: str, tmp_path, seed: int = 0):
 def test_save_load_apply_reproduces_outputs_exactly(backbone, tmp_path):
     pipe, slider, path = _trained_file(backbone, tmp_path)
     adapter = get_backbone(backbone)
-    x, sigma, cond = transformer_inputs(backbone, pipe, ["a red circle", "a cat"])
+    x, sigma, cond = transformer_inputs(backbone, pipe, ["a red circle", "a blue square"])
     fresh = adapter.tiny_pipeline(seed=0)
     loaded = ParetoSlider.from_file(path, fresh.transformer, backbone=backbone)
     assert loaded.spec.reward_names == tuple(REWARDS)
@@ -80,8 +80,10 @@ def test_lora_scale_is_folded_into_lora_b(backbone, tmp_path):
 
 def test_lora_part_loads_into_stock_diffusers_pipeline(backbone, tmp_path):
     """The file minus pareto_slider.* loads with diffusers' load_lora_weights: no key ignored, right strength."""
-    pipe, slider, path = _trained_file(backbone, tmp_path)
     adapter = get_backbone(backbone)
+    if not hasattr(adapter.pipeline_class, "load_lora_weights"):
+        pytest.skip(f"{backbone} has no diffusers pipeline (its transformer's LoRA layout is tested elsewhere)")
+    pipe, slider, path = _trained_file(backbone, tmp_path)
     data = load_pareto_slider(path)
     stock = adapter.tiny_pipeline(seed=0)
     x, sigma, cond = transformer_inputs(backbone, stock, ["a red circle"])

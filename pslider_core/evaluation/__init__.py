@@ -1,0 +1,41 @@
+"""Evaluation of a ParetoSlider model against baselines: scores on disk, fronts, metrics, pictures.
+
+Pure library (no model code): the pslider-eval CLI samples images, scores them into a ScoreTable,
+then calls compute_summary / plot_front / contact_sheet on the results.
+"""
+
+from .controllability import Controllability, average_ranks, controllability, monotonicity_violations, spearman
+from .grid import sweep_sorted, weight_grid
+from .pareto import default_reference, hypervolume, minmax_normalise, non_dominated
+from .plots import contact_sheet, method_colours, plot_front, video_strip
+from .scores import COLUMNS, MethodMeans, ScoreRow, ScoreTable, parse_weights_key, weights_key
+from .summary import KINDS, check_means, compute_summary, format_table, write_summary
+
+__all__ = [
+    "COLUMNS",
+    "KINDS",
+    "Controllability",
+    "MethodMeans",
+    "ScoreRow",
+    "ScoreTable",
+    "average_ranks",
+    "check_means",
+    "compute_summary",
+    "contact_sheet",
+    "controllability",
+    "default_reference",
+    "format_table",
+    "hypervolume",
+    "method_colours",
+    "minmax_normalise",
+    "monotonicity_violations",
+    "non_dominated",
+    "parse_weights_key",
+    "plot_front",
+    "spearman",
+    "sweep_sorted",
+    "video_strip",
+    "weight_grid",
+    "weights_key",
+    "write_summary",
+]
