@@ -1,0 +1,67 @@
+"""`pslider-reward-server`: serve rewards over HTTP so heavy judges run on their own GPU."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+import torch
+
+from pslider_core.rewards import get_reward, parse_reward_list
+from pslider_core.rewards.server import LOOPBACK_HOSTS, RewardServer
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@click.command()
+@click.option(
+    "--rewards",
+    required=True,
+    help="Comma-separated reward specs, e.g. 'pickscore_photorealism,clip_style(style=a pencil sketch)'.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind. Anything but loopback exposes the server without authentication.",
+)
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0 picks a free one)."
+)
+@click.option(
+    "--device",
+    default=None,
+    help="Torch device for the reward models, e.g. cuda:1 (default: cuda if available, else cpu).",
+)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True, help="Model dtype.")
+@click.option(
+    "--preload/--no-preload",
+    default=True,
+    show_default=True,
+    help="Load every model before serving so errors show at once.",
+)
+def main(rewards: str, host: str, port: int, device: str | None, dtype: str, preload: bool) -> None:
+    """Serve REWARDS at http://HOST:PORT (GET /rewards, POST /score/<reward>); clients use remote:<url>#<reward>."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        served = [get_reward(spec, device=device, dtype=DTYPES[dtype]) for spec in parse_reward_list(rewards)]
+    except (KeyError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--rewards") from exc
+    if preload:
+        for reward in served:
+            reward.load()
+    if host not in LOOPBACK_HOSTS:
+        click.echo(f"WARNING: serving on {host} without authentication; anyone who can reach it can use it.", err=True)
+    server = RewardServer(served, host=host, port=port)
+    click.echo(f"serving {', '.join(r.name for r in served)} on {server.url}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
