@@ -25,7 +25,7 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import fluxkontext, ltx2, sd3  # noqa: E402,F401  (registration lines)
+from . import fluxkontext, ltx2, sd3, toy  # noqa: E402,F401  (registration lines)
 
 __all__ = [
     "BackboneAdapter",
