@@ -1,0 +1,1 @@
+"""Fake of the `comfy` package (see tests/fakes/__init__.py)."""

@@ -1,0 +1,605 @@
+"""Against a real ComfyUI checkout (COMFYUI_PATH; skipped without it).
+
+A real server on CPU loads the pack from a temporary custom_nodes folder (the repository symlinked in); API graphs
+run a tiny SD3 model through KSampler. Parity runs in a subprocess (this file as a script) because the pytest
+process uses the fakes of tests/fakes: for the same file and w, the ComfyUI-patched model's prediction must equal
+the trainer-side conditioned diffusers transformer (tiny SD3 and tiny Flux/Kontext).
+
+Run: COMFYUI_PATH=/path/to/ComfyUI [COMFYUI_PYTHON=python-with-its-requirements] python -m pytest -m comfyui
+tests/test_comfyui_integration.py. torchvision is replaced by a stub written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import copy
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+PACK_FOLDER = "pareto-slider"  # the registry id: what `comfy node install` and a plain clone create
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(not COMFYUI_PATH, reason="set COMFYUI_PATH to a ComfyUI checkout to run integration tests"),
+]
+
+TORCHVISION_STUB = '''"""Test-only stand-in for torchvision: names resolve at import time, nothing works at run time."""
+
+__version__ = "0.0.0+stub"
+
+
+class _Placeholder:
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder(f"{self._name}.{name}")
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"torchvision stub: {self._name} is not available")
+
+    def __hash__(self):
+        return hash(self._name)
+
+    def __eq__(self, other):
+        return isinstance(other, _Placeholder) and other._name == self._name
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return _Placeholder(f"{__name__}.{name}")
+'''
+
+TEST_NODES = '''"""Test-only node: fixed random text conditioning for the tiny SD3 model (it has no text encoder)."""
+import torch
+
+
+class PSliderTestConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+                             "tokens": ("INT", {"default": 8, "min": 1, "max": 64})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, seed, tokens):
+        gen = torch.Generator().manual_seed(seed)
+        context = torch.randn(1, tokens, 32, generator=gen)
+        return ([[context, {"pooled_output": torch.randn(1, 32, generator=gen)}]],)
+
+
+NODE_CLASS_MAPPINGS = {"PSliderTestConditioning": PSliderTestConditioning}
+'''
+
+
+def write_torchvision_stub(root: Path) -> Path:
+    """An importable torchvision (no CPU wheel matches the pinned torch): ComfyUI core imports it at start-up."""
+    for package in ("", "transforms", "transforms/v2", "models", "ops", "io", "datasets", "utils"):
+        folder = root / "torchvision" / package
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "__init__.py").write_text(TORCHVISION_STUB)
+    for module in ("transforms/functional.py", "transforms/v2/functional.py"):
+        (root / "torchvision" / module).write_text(TORCHVISION_STUB)
+    return root
+
+
+def subprocess_env(stub: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(stub), env.get("PYTHONPATH", "")]))
+    return env
+
+
+# ---------------------------------------------------------------------------------------------- tiny SD3 files
+def write_tiny_sd3(models: Path, extra_sliders: Path) -> dict[str, str]:
+    """Tiny SD3 transformer (diffusers format, as UNETLoader reads it) and a trained-looking ParetoSlider file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pslider_core import LoraSpec, ParetoSlider, get_backbone
+
+    torch.manual_seed(0)
+    adapter = get_backbone("sd3")
+    transformer = adapter.tiny_pipeline(seed=0).transformer
+    (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()},
+              str(models / "diffusion_models" / "tiny_sd3.safetensors"))
+    slider = ParetoSlider.attach(transformer, "sd3", ["photo", "sketch"],
+                                 lora=LoraSpec(4, 8, adapter.lora_target_modules), base_model="tiny-sd3")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in slider.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    extra_sliders.mkdir(parents=True, exist_ok=True)
+    slider.save(extra_sliders / "tiny_sd3_photo_sketch.safetensors")
+    return {"unet": "tiny_sd3.safetensors", "slider": "tiny_sd3_photo_sketch.safetensors"}
+
+
+class Server:
+    def __init__(self, url: str, output: Path, names: dict[str, str]) -> None:
+        self.url, self.output, self.names = url, output, names
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def json(self, path: str):
+        status, body = self.get(path)
+        assert status == 200, (path, status, body[:300])
+        return json.loads(body)
+
+    def run(self, graph: dict, timeout: float = 300) -> dict:
+        """POST /prompt, wait for /history; returns the history entry."""
+        body = json.dumps({"prompt": graph, "client_id": uuid.uuid4().hex}).encode()
+        request = urllib.request.Request(self.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                prompt_id = json.loads(response.read())["prompt_id"]
+        except urllib.error.HTTPError as err:
+            return {"rejected": json.loads(err.read())}
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.json(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+    def latents(self, entry: dict, node_id: str):
+        """The latents a SaveLatent node wrote."""
+        from safetensors.torch import load_file
+
+        files = entry["outputs"][node_id]["latents"]
+        return [load_file(str(self.output / f["subfolder"] / f["filename"]))["latent_tensor"] for f in files]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory) -> Path:
+    return write_torchvision_stub(tmp_path_factory.mktemp("stub"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, stub):
+    base = tmp_path_factory.mktemp("comfy")
+    extra_sliders = base / "extra_sliders"
+    names = write_tiny_sd3(base / "models", extra_sliders)
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK_FOLDER).symlink_to(REPO_ROOT, target_is_directory=True)
+    (base / "custom_nodes" / "pslider_test_nodes").mkdir()
+    (base / "custom_nodes" / "pslider_test_nodes" / "__init__.py").write_text(TEST_NODES)
+    config = base / "extra_model_paths.yaml"
+    config.write_text(f"pslider_test:\n  base_path: {base}\n  pareto_slider: {extra_sliders}\n")
+    port = _free_port()
+    with open(base / "server.log", "w") as log:
+        process = subprocess.Popen(
+            [PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+             "--base-directory", str(base), "--extra-model-paths-config", str(config)],
+            cwd=COMFYUI_PATH, env=subprocess_env(stub), stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            yield _wait_until_serving(Server(f"http://127.0.0.1:{port}", base / "output", names), process, base)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_until_serving(handle: Server, process: subprocess.Popen, base: Path) -> Server:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        assert process.poll() is None, (base / "server.log").read_text()[-3000:]
+        try:
+            if handle.get("/object_info/ParetoSliderApply")[0] == 200:
+                return handle
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError("ComfyUI did not start: " + (base / "server.log").read_text()[-3000:])
+
+
+# ---------------------------------------------------------------------------------------------- graphs
+def graph(server: Server, node: dict | None, batch: int = 1, prefix: str = "plain", seed: int = 7) -> dict:
+    """UNETLoader -> [pack node] -> KSampler (CFG 3) -> SaveLatent, on the tiny SD3 model."""
+    model_src = ["1", 0]
+    g = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": server.names["unet"], "weight_dtype": "default"}},
+        "2": {"class_type": "PSliderTestConditioning", "inputs": {"seed": 1, "tokens": 8}},
+        "3": {"class_type": "PSliderTestConditioning", "inputs": {"seed": 2, "tokens": 8}},
+        "4": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 32, "height": 32, "batch_size": batch}},
+        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"latents/{prefix}"}},
+    }
+    if node is not None:
+        g["10"] = {**node, "inputs": {"model": ["1", 0], "file": server.names["slider"], "strength": 1.0,
+                                      **node["inputs"]}}
+        model_src = ["10", 0]
+    g["5"] = {"class_type": "KSampler", "inputs": {
+        "model": model_src, "seed": seed, "steps": 3, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple",
+        "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}}
+    return g
+
+
+def apply_node(*w: float) -> dict:
+    return {"class_type": "ParetoSliderApply", "inputs": {f"w{i + 1}": (w[i] if i < len(w) else 0.0) for i in range(8)}}
+
+
+def completed(entry: dict) -> bool:
+    return entry.get("status", {}).get("status_str") == "success"
+
+
+def error_message(entry: dict) -> str:
+    return " ".join(str(m[1].get("exception_message", "")) for m in entry["status"]["messages"]
+                    if m[0] == "execution_error")
+
+
+def test_object_info_serves_the_pack_nodes_exactly_as_the_tests_see_them(server):
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    import fakes
+
+    pack = fakes.load_pack()
+    listed = server.json("/object_info")
+    for node_id, cls in pack.nodes.items():
+        real, fake = listed[node_id], json.loads(json.dumps(cls.GET_NODE_INFO_V1()))
+        assert real["input"]["required"]["file"][1]["options"] == [server.names["slider"]]
+        real["input"]["required"]["file"][1]["options"] = fake["input"]["required"]["file"][1]["options"] = []
+        for key in ("input", "input_order", "output", "output_name", "output_is_list", "name", "display_name",
+                    "description", "category", "output_node"):
+            assert real[key] == fake[key], (node_id, key)
+        assert real["python_module"] == f"custom_nodes.{PACK_FOLDER}"
+
+
+def test_core_node_schemas_the_workflows_use_match_the_recorded_ones(server):
+    recorded = json.loads((REPO_ROOT / "tests" / "fakes" / "core_object_info.json").read_text())
+    listed = server.json("/object_info")
+    present = [n for n in recorded if n in listed]
+    assert len(present) >= 20, "most core nodes of the workflows exist in any recent ComfyUI"
+    for name in present:
+        real, fake = listed[name], recorded[name]
+        assert real["input_order"] == fake["input_order"], name
+        assert (real["output"], real["output_name"]) == (fake["output"], fake["output_name"]), name
+        kinds = {sec: {k: v[0] if isinstance(v[0], str) else "COMBO" for k, v in real["input"][sec].items()}
+                 for sec in real["input_order"]}
+        recorded_kinds = {sec: {k: v[0] if isinstance(v[0], str) else "COMBO" for k, v in fake["input"][sec].items()}
+                          for sec in fake["input_order"]}
+        assert kinds == recorded_kinds, name
+
+
+def test_route_templates_and_web_extension_are_served(server):
+    info = server.json(f"/pareto_slider/rewards?file={server.names['slider']}")
+    assert info["reward_names"] == ["photo", "sketch"] and info["backbone"] == "sd3"
+    assert server.get("/pareto_slider/rewards?file=missing.safetensors")[0] == 404
+    templates = server.json("/workflow_templates")[PACK_FOLDER]
+    assert sorted(templates) == sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
+    status, body = server.get(f"/api/workflow_templates/{PACK_FOLDER}/sd35_t2i_sliders.json")
+    assert status == 200 and json.loads(body) == json.loads((REPO_ROOT / "workflows" / "sd35_t2i_sliders.json").read_text())
+    extensions = server.json("/extensions")
+    assert extensions.count(f"/extensions/{PACK_FOLDER}/js/pareto_slider.js") == 1
+
+
+def test_weights_change_the_render_and_a_plain_graph_afterwards_is_unchanged(server):
+    runs = {}
+    for label, node in (("plain", None), ("photo", apply_node(1.0, 0.0)), ("sketch", apply_node(0.0, 1.0)),
+                        ("plain_again", None)):
+        entry = server.run(graph(server, node, prefix=label))
+        assert completed(entry), entry["status"]
+        runs[label] = server.latents(entry, "6")[0]
+        if node is not None:
+            assert entry["outputs"]["10"]["weights"] == [[1.0, 0.0] if label == "photo" else [0.0, 1.0]]
+    assert (runs["photo"] - runs["sketch"]).abs().max() > 1e-3
+    assert (runs["photo"] - runs["plain"]).abs().max() > 1e-3
+    assert (runs["plain_again"] == runs["plain"]).all(), "no leak into the unpatched model"
+
+
+def test_a_sweep_renders_one_point_per_batch_element(server):
+    sweep = {"class_type": "ParetoSliderSweep", "inputs": {"points": 3}}
+    g = graph(server, sweep, prefix="sweep")
+    g["4"]["inputs"]["batch_size"] = ["10", 1]
+    entry = server.run(g)
+    assert completed(entry), entry["status"]
+    batch = server.latents(entry, "6")[0]
+    assert batch.shape[0] == 3
+    assert min((batch[i] - batch[j]).abs().max() for i in range(3) for j in range(i)) > 1e-3
+    single = server.latents(server.run(graph(server, apply_node(1.0, 0.0), prefix="first")), "6")[0]
+    # element 0 gets the same noise as a batch of one (ComfyUI draws the batch from one seeded generator)
+    assert (batch[0] - single[0]).abs().max() < 1e-4
+    mismatch = graph(server, sweep, batch=2, prefix="mismatch")
+    entry = server.run(mismatch)
+    assert not completed(entry) and "sweep has 3 points" in error_message(entry)
+
+
+def test_a_schedule_runs_between_its_two_ends(server):
+    ends = {}
+    for label, w in (("start", (1.0, 0.0)), ("end", (0.0, 1.0))):
+        ends[label] = server.latents(server.run(graph(server, apply_node(*w), prefix=label)), "6")[0]
+    schedule = {"class_type": "ParetoSliderSchedule", "inputs": {
+        **{f"start_w{i + 1}": float(i == 0) for i in range(8)}, **{f"end_w{i + 1}": float(i == 1) for i in range(8)}}}
+    entry = server.run(graph(server, schedule, prefix="schedule"))
+    assert completed(entry), entry["status"]
+    assert entry["outputs"]["10"]["text"] == ["start: photo 1 · sketch 0", "end: photo 0 · sketch 1"]
+    moving = server.latents(entry, "6")[0]
+    assert min((moving - ends["start"]).abs().max(), (moving - ends["end"]).abs().max()) > 1e-4
+
+
+def test_bad_input_is_a_node_error_and_the_server_keeps_serving(server):
+    entry = server.run(graph(server, apply_node(0.0, 0.0), prefix="zero"))
+    assert not completed(entry) and "must not all be zero" in error_message(entry)
+    entry = server.run(graph(server, apply_node(0.5, 0.5, 0.3), prefix="extra"))
+    assert not completed(entry) and "w3 = 0.3" in error_message(entry)
+    rejected = server.run(graph(server, apply_node(1.5, 0.5), prefix="range"))["rejected"]
+    assert "value_bigger_than_max" in json.dumps(rejected)
+    assert completed(server.run(graph(server, apply_node(0.4, 0.6), prefix="after")))
+
+
+# ---------------------------------------------------------------------------------------------- browser
+def test_frontend_names_the_sliders_after_the_chosen_files_rewards(server):
+    """Playwright + Debian's chromium: open ComfyUI, load a shared workflow, choose a file, read the sliders."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium executable (Debian: apt-get install chromium)")
+    workflow = json.loads((REPO_ROOT / "workflows" / "sd35_t2i_sliders.json").read_text())
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server.url, wait_until="networkidle")
+            page.wait_for_function("() => window.app && window.app.graph", timeout=60_000)
+            page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)
+            page.evaluate(
+                """(file) => {
+                    const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
+                    const widget = node.widgets.find((w) => w.name === "file");
+                    widget.value = file;
+                    widget.callback(file);
+                }""",
+                server.names["slider"],
+            )
+            page.wait_for_function(
+                """() => {
+                    const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
+                    return node.widgets.find((w) => w.name === "w1").label === "photo";
+                }""",
+                timeout=30_000,
+            )
+            sliders = page.evaluate(
+                """() => window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply").widgets
+                    .filter((w) => /^w\\d$/.test(w.name))
+                    .map((w) => ({name: w.name, label: w.label, hidden: !!w.hidden, value: w.value}))"""
+            )
+            # what the node shows after a run, and that this display never enters the saved or sent graph
+            shown, saved, sent = page.evaluate(
+                """async () => {
+                    const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
+                    node.onExecuted({text: ["photo 0.3 · sketch 0.7"], weights: [[0.3, 0.7]]});
+                    const prompt = await window.app.graphToPrompt();
+                    return [node.widgets.find((w) => w.name === "applied_weights").value,
+                            node.serialize().widgets_values, prompt.output[String(node.id)].inputs];
+                }"""
+            )
+        finally:
+            browser.close()
+    assert [(s["label"], s["hidden"]) for s in sliders[:2]] == [("photo", False), ("sketch", False)]
+    assert all(s["hidden"] and s["value"] == 0 for s in sliders[2:]) and len(sliders) == 8
+    assert shown == "photo 0.3 · sketch 0.7"
+    assert saved == [server.names["slider"], 1, 0.5, 0.5, 0, 0, 0, 0, 0, 0]
+    assert set(sent) == {"model", "file", "strength", *(f"w{i}" for i in range(1, 9))}
+
+
+# ---------------------------------------------------------------------------------------------- parity
+def test_comfyui_prediction_equals_the_trainer_side_conditioned_transformer(tmp_path, stub):
+    out = tmp_path / "parity.json"
+    result = subprocess.run([PYTHON, __file__, "parity", str(out)], cwd=tmp_path, env=subprocess_env(stub),
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    report = json.loads(out.read_text())
+    print(json.dumps(report, indent=1))
+    for backbone in ("sd3", "fluxkontext"):
+        r = report[backbone]
+        assert r["base_comfy_vs_diffusers"] < 1e-4, r  # the same base model on both sides
+        assert r["effect"] > 1e-2, r  # the file really changes the prediction
+        assert r["patched_comfy_vs_conditioned_diffusers"] < 1e-4, r
+        assert r["leak"] == 0.0, r
+
+
+def test_fakes_mirror_the_real_comfyui_names_and_signatures():
+    """Every class, method and function the fakes define exists in the real module with the same parameters."""
+    fakes_dir = REPO_ROOT / "tests" / "fakes"
+    mirrored = ["comfy/model_patcher.py", "comfy/patcher_extension.py", "comfy/sd.py", "comfy/lora.py",
+                "comfy/utils.py", "comfy/sampler_helpers.py", "comfy/samplers.py", "folder_paths.py",
+                "comfy_api/latest/_io.py"]
+    mirrored.append("comfy/model_base.py")  # its BaseModel; the tiny diffusion models there are the tests' own
+    for rel in mirrored:
+        real = _signatures(Path(COMFYUI_PATH) / rel)
+        fake = _signatures(fakes_dir / rel)
+        if rel == "comfy/model_base.py":
+            fake = {k: v for k, v in fake.items() if k.split(".")[0] == "BaseModel"}
+            assert fake["BaseModel.apply_model"] == real["BaseModel.apply_model"]
+        for name, params in fake.items():
+            assert name in real, f"{rel}: {name} does not exist in ComfyUI"
+            assert params == real[name][: len(params)], f"{rel}: {name}{params} vs real {real[name]}"
+
+
+def _signatures(path: Path) -> dict[str, list[str]]:
+    """{name: parameter names} for public module-level functions and for the methods of top-level classes,
+    methods inherited from classes of the same module included."""
+    tree = ast.parse(path.read_text())
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+    def params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+        return [a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs]
+
+    def methods(cls: ast.ClassDef) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for base in cls.bases:
+            if isinstance(base, ast.Name) and base.id in classes:
+                found.update(methods(classes[base.id]))
+        for item in cls.body:
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                not item.name.startswith("_") or item.name in ("__init__", "__call__")
+            ):
+                found[item.name] = params(item)
+        return found
+
+    out: dict[str, list[str]] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            out[node.name] = params(node)
+    for name, cls in classes.items():
+        out[name] = []
+        out.update({f"{name}.{method}": p for method, p in methods(cls).items()})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the parity script
+def _import_pack(name: str):
+    """The repository as ComfyUI imports a custom node folder; its comfy_entrypoint run once."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    extension = asyncio.run(module.comfy_entrypoint())
+    nodes = {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(extension.get_node_list())}
+    return module, nodes
+
+
+def _comfy_velocity(patcher, x, sigma, **conds):
+    """One apply_model call as a sampler makes it (wrappers merged into transformer_options), as a velocity."""
+    import comfy.model_management
+    import comfy.patcher_extension
+
+    comfy.model_management.load_models_gpu([patcher])
+    options = copy.deepcopy(patcher.model_options["transformer_options"])
+    comfy.patcher_extension.merge_nested_dicts(options.setdefault("wrappers", {}), patcher.wrappers, copy_dict1=False)
+    options["cond_or_uncond"] = [0]
+    denoised = patcher.model.apply_model(x, sigma, transformer_options=options, **conds)
+    return (x - denoised) / sigma.view(-1, *([1] * (x.ndim - 1)))
+
+
+def _parity_case(backbone: str, core, nodes, folder: Path) -> dict:
+    import comfy.model_detection
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    adapter = core.get_backbone(backbone)
+    pipe = adapter.tiny_pipeline(seed=0)
+    base_state = {k: v.detach().clone().contiguous() for k, v in pipe.transformer.state_dict().items()}
+    slider = core.ParetoSlider.attach(pipe.transformer, backbone, ["photo", "sketch"],
+                                      lora=core.LoraSpec(4, 8, adapter.lora_target_modules))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in slider.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    name = f"{backbone}_parity.safetensors"
+    slider.save(folder / name)
+
+    reference = type(pipe.transformer).from_config(pipe.transformer.config).eval()
+    reference.load_state_dict(base_state)
+    batch, w = 2, [0.3, 0.7]
+    gen = torch.Generator().manual_seed(5)
+    size = 32
+    if backbone == "sd3":
+        x = torch.randn(batch, 16, size // 8, size // 8, generator=gen)
+        cond = {"prompt_embeds": torch.randn(batch, 8, 32, generator=gen),
+                "pooled_projections": torch.randn(batch, 32, generator=gen)}
+        comfy_conds = {"c_crossattn": cond["prompt_embeds"], "y": cond["pooled_projections"]}
+        unet = folder / "tiny_sd3_unet.safetensors"
+        save_file(base_state, str(unet))
+        model = comfy.sd.load_diffusion_model(str(unet))
+    else:
+        x = torch.randn(batch, 4, size // 8, size // 8, generator=gen)
+        cond = {"prompt_embeds": torch.randn(batch, 8, 32, generator=gen),
+                "pooled_projections": torch.randn(batch, 16, generator=gen),
+                "reference_latents": torch.randn(batch, 4, size // 8, size // 8 + 2, generator=gen)}
+        comfy_conds = {"c_crossattn": cond["prompt_embeds"], "y": cond["pooled_projections"],
+                       "guidance": torch.full((batch,), adapter.guidance_scale),
+                       "ref_latents": [cond["reference_latents"]]}
+        config = pipe.transformer.config
+        unet_config = {
+            "image_model": "flux", "in_channels": config.in_channels // 4, "out_channels": config.in_channels // 4,
+            "vec_in_dim": config.pooled_projection_dim, "context_in_dim": config.joint_attention_dim,
+            "hidden_size": config.num_attention_heads * config.attention_head_dim, "mlp_ratio": 4.0,
+            "num_heads": config.num_attention_heads, "depth": config.num_layers,
+            "depth_single_blocks": config.num_single_layers, "axes_dim": list(config.axes_dims_rope),
+            "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": config.guidance_embeds,
+        }
+        model_config = comfy.supported_models.Flux(unet_config)
+        model_config.set_inference_dtype(torch.float32, None)
+        base_model = model_config.get_model({})
+        base_model.load_model_weights(comfy.model_detection.convert_diffusers_mmdit(dict(base_state), ""), "")
+        model = comfy.model_patcher.ModelPatcher(base_model, torch.device("cpu"), torch.device("cpu"))
+    sigma = torch.full((batch,), 0.6)
+
+    with torch.no_grad():
+        v_base = adapter.predict_velocity(pipe, reference, x, sigma, cond)
+        ours = core.ParetoSlider.from_file(folder / name, reference, backbone)
+        with ours.condition(w):
+            v_conditioned = adapter.predict_velocity(pipe, reference, x, sigma, cond)
+        base_before = _comfy_velocity(model, x, sigma, **comfy_conds)
+        patched = nodes["ParetoSliderApply"].execute(
+            model=model, file=name, strength=1.0, **{f"w{i + 1}": (w[i] if i < 2 else 0.0) for i in range(8)}
+        )[0]
+        v_patched = _comfy_velocity(patched, x, sigma, **comfy_conds)
+        base_after = _comfy_velocity(model, x, sigma, **comfy_conds)
+    return {
+        "base_comfy_vs_diffusers": float((base_before - v_base).abs().max()),
+        "effect": float((v_conditioned - v_base).abs().max()),
+        "patched_comfy_vs_conditioned_diffusers": float((v_patched - v_conditioned).abs().max()),
+        "leak": float((base_after - base_before).abs().max()),
+    }
+
+
+def _parity_main(out: Path) -> None:
+    sys.path.insert(0, COMFYUI_PATH)
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    sys.argv = [sys.argv[0], "--cpu"]
+    import folder_paths
+    import torch
+
+    torch.set_num_threads(1)
+    _, nodes = _import_pack("pareto_slider_parity")
+    core = sys.modules["pareto_slider_parity.pslider_core"]
+    folder = out.parent / "sliders"
+    folder.mkdir(exist_ok=True)
+    folder_paths.add_model_folder_path("pareto_slider", str(folder))
+    out.write_text(json.dumps({b: _parity_case(b, core, nodes, folder) for b in ("sd3", "fluxkontext")}))
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "parity":
+    _parity_main(Path(sys.argv[2]))
