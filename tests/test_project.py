@@ -30,3 +30,32 @@ def test_comfyui_entry_point_imports_without_comfyui():
         assert callable(module.comfy_entrypoint) and module.WEB_DIRECTORY == "./web"
     finally:
         del sys.modules[spec.name]
+
+
+def test_requirements_txt_matches_pyproject_dependencies():
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [
+        line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines == [d for d in deps if not d.startswith("torch")]  # torch is ComfyUI's own
+
+
+def test_no_torchvision_or_torchaudio_dependency():
+    text = (ROOT / "pyproject.toml").read_text() + (ROOT / "requirements.txt").read_text()
+    assert "torchvision" not in text and "torchaudio" not in text
+
+
+def test_comfy_registry_validation_passes():
+    """`comfy node validate` (pyproject [tool.comfy] plus ruff's S102/S307/E702 checks) must pass before publishing."""
+    import shutil
+    import subprocess
+
+    comfy = shutil.which("comfy")
+    assert comfy, "comfy-cli is a test dependency: pip install -e '.[test]'"
+    result = subprocess.run(
+        [comfy, "--skip-prompt", "node", "validate"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "passed" in result.stdout, result.stdout + result.stderr

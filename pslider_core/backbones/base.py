@@ -77,7 +77,7 @@ class BackboneAdapter:
     def load_pipeline(self, base: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> Any:
         """Full diffusers pipeline from a hub id or a local directory (what users point `--base` at)."""
         try:
-            return self.pipeline_class.from_pretrained(str(base), torch_dtype=torch_dtype)
+            return self.pipeline_class.from_pretrained(str(base), dtype=torch_dtype)
         except (OSError, ValueError) as err:
             raise OSError(
                 f"Could not load the {self.name} base model from {str(base)!r}: {err}. Pass a local directory "
@@ -87,7 +87,7 @@ class BackboneAdapter:
     def load_transformer(self, base: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> nn.Module:
         """Only the transformer (subfolder `transformer`) of a base model."""
         try:
-            return self.transformer_class.from_pretrained(str(base), subfolder="transformer", torch_dtype=torch_dtype)
+            return self.transformer_class.from_pretrained(str(base), subfolder="transformer", dtype=torch_dtype)
         except (OSError, ValueError) as err:
             raise OSError(
                 f"Could not load the {self.name} transformer from {str(base)!r}: {err}. Pass a diffusers model "

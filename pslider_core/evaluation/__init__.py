@@ -7,9 +7,19 @@ then calls compute_summary / plot_front / contact_sheet on the results.
 from .controllability import Controllability, average_ranks, controllability, monotonicity_violations, spearman
 from .grid import sweep_sorted, weight_grid
 from .pareto import default_reference, hypervolume, minmax_normalise, non_dominated
-from .plots import contact_sheet, method_colours, plot_front, video_strip
 from .scores import COLUMNS, MethodMeans, ScoreRow, ScoreTable, parse_weights_key, weights_key
 from .summary import KINDS, check_means, compute_summary, format_table, write_summary
+
+_PLOTS = ("contact_sheet", "method_colours", "plot_front", "video_strip")
+
+
+def __getattr__(name: str):
+    """Plot helpers load matplotlib on first use only (the ComfyUI pack imports the weight grid at start-up)."""
+    if name in _PLOTS:
+        from . import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "COLUMNS",
