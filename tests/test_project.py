@@ -58,4 +58,5 @@ def test_comfy_registry_validation_passes():
     result = subprocess.run(
         [comfy, "--skip-prompt", "node", "validate"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 0 and "passed" in result.stdout, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "passed" in output, output
