@@ -1,9 +1,91 @@
-"""`pslider-train` command line."""
+"""`pslider-train`: read options and TOML, validate before loading anything, train.
+
+    pslider-train --backbone sd3 --rewards pickscore_photorealism,clip_style --prompts prompts.txt \\
+        --output slider.safetensors [--config run.toml] [--preset tiny|paper]
+    accelerate launch --num_processes 4 -m trainer.cli ...   (several GPUs)
+
+Every option below is also a key of the TOML file (underscores); the command line wins over the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import typing
+from dataclasses import fields
+from typing import Any, Callable
 
 import click
+import diffusers
+import transformers
+
+from .config import TrainConfig, read_toml, resolve_config, to_toml
+from .data import InputError, validate_inputs
+from .trainer import ParetoSliderTrainer, TrainingAborted
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Not available yet: lands with its own issue."""
-    raise click.ClickException("pslider-train is not implemented yet in this version of pareto-slider.")
+def _option(f) -> Callable[[Callable], Callable]:
+    """A click option for one TrainConfig field, defaulting to None so that only given options override."""
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default_factory() if callable(f.default_factory) else f.default
+    help_text = f"{f.metadata['help']} [default: {_show(default)}]"
+    kind = typing.get_type_hints(TrainConfig)[f.name]
+    if kind is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
+    if f.metadata.get("choices"):
+        return click.option(flag, f.name, type=click.Choice(f.metadata["choices"]), default=None, help=help_text)
+    click_type = {int: click.INT, float: click.FLOAT}.get(kind, click.STRING)
+    return click.option(flag, f.name, type=click_type, default=None, help=help_text)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "none"
+    return repr(value) if value == "" else str(value)
+
+
+def _with_config_options(command: Callable) -> Callable:
+    for f in reversed(fields(TrainConfig)):
+        command = _option(f)(command)
+    return command
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of options (flat keys).")
+@click.option("--print-config", is_flag=True, help="Print the resolved configuration as TOML and exit.")
+@_with_config_options
+def main(config_file: str | None, print_config: bool, **options: Any) -> None:
+    """Train a ParetoSlider: one LoRA + preference modules covering the trade-offs between several rewards."""
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        config = resolve_config(read_toml(config_file) if config_file else {}, given)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    if print_config:
+        click.echo(to_toml(config), nl=False)
+        return
+    _setup_logging()
+    try:
+        inputs = validate_inputs(config)
+    except (ValueError, OSError) as err:
+        raise click.UsageError(str(err)) from None
+    try:
+        trainer = ParetoSliderTrainer(config, inputs)
+        trainer.train()
+    except (InputError, TrainingAborted, OSError) as err:  # unfit setup, persistent NaN, a base that did not load
+        raise click.ClickException(str(err)) from None
+    if trainer.accelerator.is_main_process:
+        click.echo(trainer.summary())
+
+
+def _setup_logging() -> None:
+    """Training messages from the main process only (accelerate sets RANK on every process)."""
+    rank = int(os.environ.get("RANK", "0"))
+    diffusers.utils.logging.disable_progress_bar()  # per-component loading bars; the trainer has its own
+    transformers.utils.logging.disable_progress_bar()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("pslider.train").setLevel(logging.INFO if rank == 0 else logging.ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,274 @@
-"""`pslider-sample` command line."""
+"""`pslider-sample`: render a prompt with a ParetoSlider file at chosen preference weights.
+
+    pslider-sample --backbone sd3 --base DIR_OR_HUB --checkpoint slider.safetensors --prompt "a fox" \\
+        --weights 0.3,0.7 [--weights 1,0 ...] [--sweep 5] --seed 0 [--seed 1] --out samples/
+
+One file per (weights, seed): PNG (settings in its 'pareto_slider' text chunk) or, for video backbones, MP4 / GIF
+with a `.json` side file. Sampling settings default to those the checkpoint was trained with. The options shared
+with `pslider-eval` live here too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
 
 import click
+import diffusers
+import torch
+import transformers
+
+from pslider_core import ParetoSlider, ParetoSliderFileError, get_backbone
+from pslider_core.backbones import BackboneAdapter
+from pslider_core.evaluation import weight_grid
+from pslider_core.generation import (
+    FIXED_WEIGHTS,
+    VIDEO_FORMATS,
+    CheckpointInfo,
+    describe_checkpoint,
+    generate,
+    move_pipeline,
+    resolve_device,
+    sample_name,
+    save_sample,
+    simplex_point,
+)
+from pslider_core.samplers import ODE_SOLVERS
+
+from .config import TrainConfig
+from .data import PromptItem, load_sources
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Not available yet: lands with its own issue."""
-    raise click.ClickException("pslider-sample is not implemented yet in this version of pareto-slider.")
+# ---------------------------------------------------------------------------------------------------- shared options
+def sampling_options(command: Callable) -> Callable:
+    """Backbone, base model, sampler and runtime options of pslider-sample and pslider-eval."""
+    options = [
+        click.option("--backbone", required=True, help="Backbone adapter: sd3, fluxkontext, ltx2 or toy."),
+        click.option("--base", default=None, help="Base model: hub id or local diffusers folder [default: the "
+                                                  "backbone's default base model]."),
+        click.option("--steps", "num_steps", type=int, default=None,
+                     help="ODE steps [default: the checkpoint's training setting, else 25]."),
+        click.option("--solver", type=click.Choice(ODE_SOLVERS), default=None,
+                     help="ODE solver [default: the checkpoint's training setting, else dpm2]."),
+        click.option("--height", type=int, default=None, help="Height in pixels [default: as trained, else 512]."),
+        click.option("--width", type=int, default=None, help="Width in pixels [default: as trained, else 512]."),
+        click.option("--num-frames", type=int, default=None,
+                     help="Frames per video (video backbones) [default: as trained, else 1]."),
+        click.option("--guidance-scale", type=float, default=None,
+                     help="Classifier-free guidance against the empty prompt, 1 = off [default: as trained, else 1]."),
+        click.option("--batch-size", type=int, default=4, show_default=True, help="Samples per model call."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--dtype", type=click.Choice(["auto", *DTYPES]), default="auto", show_default=True,
+                     help="Weights dtype of the base model; auto = bfloat16 on GPU, float32 on CPU."),
+        click.option("--video-format", type=click.Choice(VIDEO_FORMATS), default="mp4", show_default=True,
+                     help="File format of videos (video backbones)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How every sample of a run is drawn."""
+
+    num_steps: int
+    solver: str
+    height: int
+    width: int
+    num_frames: int
+    guidance_scale: float
+    batch_size: int
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def resolve_settings(adapter: BackboneAdapter, info: CheckpointInfo | None, given: dict[str, Any]) -> Settings:
+    """Given options win, then the checkpoint's training settings, then pslider-train's defaults."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+
+    def pick(name: str) -> Any:
+        if given.get(name) is not None:
+            return given[name]
+        trained = info.training_setting(name) if info is not None else None
+        return trained if trained is not None else defaults[name]
+
+    settings = Settings(
+        num_steps=int(pick("num_steps")), solver=str(pick("solver")), height=int(pick("height")),
+        width=int(pick("width")), num_frames=int(pick("num_frames")), guidance_scale=float(pick("guidance_scale")),
+        batch_size=int(given["batch_size"]),
+    )
+    for name in ("num_steps", "height", "width", "num_frames", "batch_size"):
+        if getattr(settings, name) < 1:
+            raise click.UsageError(f"--{name.replace('num_steps', 'steps').replace('_', '-')} must be >= 1, got "
+                                   f"{getattr(settings, name)}.")
+    if not (math.isfinite(settings.guidance_scale) and settings.guidance_scale > 0):
+        raise click.UsageError(f"--guidance-scale must be a positive number (1 = off), got {settings.guidance_scale}.")
+    if settings.solver not in ODE_SOLVERS:
+        raise click.UsageError(f"--solver must be one of {list(ODE_SOLVERS)}, got {settings.solver!r}.")
+    if adapter.modality != "video" and settings.num_frames != 1:
+        raise click.UsageError(f"--backbone {adapter.name} makes images; drop --num-frames (or pass 1).")
+    return settings
+
+
+def backbone_adapter(name: str) -> BackboneAdapter:
+    try:
+        return get_backbone(name)
+    except ValueError as err:
+        raise click.UsageError(f"--backbone: {err}") from None
+
+
+def checkpoint_info(path: str, backbone: str) -> CheckpointInfo:
+    """Header of --checkpoint, with errors turned into usage errors (nothing is loaded yet)."""
+    try:
+        return describe_checkpoint(path, backbone)
+    except (ParetoSliderFileError, FileNotFoundError) as err:
+        raise click.UsageError(f"--checkpoint {path}: {err}") from None
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise click.UsageError(f"{option} {text!r} is not a comma-separated list of numbers such as 0.3,0.7.") from None
+
+
+def load_base(adapter: BackboneAdapter, base: str | None, device: str, dtype: str) -> Any:
+    """The base pipeline on its device, in inference mode; a base that cannot load is a clear error."""
+    try:
+        target = resolve_device(device)
+    except ValueError as err:
+        raise click.UsageError(f"--device: {err}") from None
+    torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
+    diffusers.utils.logging.disable_progress_bar()  # per-component loading bars; the CLIs have their own
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        pipe = adapter.load_pipeline(base or adapter.default_base, torch_dtype=torch_dtype)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(f"--base: {err}") from None
+    pipe = move_pipeline(pipe, target)
+    for value in vars(pipe).values():
+        if isinstance(value, torch.nn.Module):
+            value.requires_grad_(False).eval()
+    return pipe
+
+
+def load_slider(info: CheckpointInfo, pipe: Any, adapter_name: str | None = None) -> ParetoSlider:
+    """Put a checkpoint's LoRA and modules on the base transformer; a file for another base model fails clearly."""
+    kwargs = {"adapter_name": adapter_name} if adapter_name else {}
+    try:
+        return ParetoSlider.from_file(info.path, pipe.transformer, info.backbone, **kwargs)
+    except (ParetoSliderFileError, ValueError) as err:
+        raise click.ClickException(f"--checkpoint {info.path}: {err}") from None
+
+
+def source_items(adapter: BackboneAdapter, prompt: str, source: str | None) -> list[PromptItem]:
+    if adapter.needs_source and source is None:
+        raise click.UsageError(
+            f"--backbone {adapter.name} edits a source image: pass --source IMAGE with the picture to edit."
+        )
+    if source is not None and not adapter.needs_source:
+        raise click.UsageError(f"--backbone {adapter.name} takes no source image; drop --source.")
+    return [PromptItem(prompt, Path(source) if source else None)]
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """File-name-safe start of a prompt."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:limit].strip("_") or "sample"
+
+
+# ---------------------------------------------------------------------------------------------------- the command
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--checkpoint", required=True, help="ParetoSlider (or fixed-weights baseline) .safetensors file.")
+@click.option("--prompt", required=True, help="Text prompt (the edit instruction for fluxkontext).")
+@click.option("--source", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Source image to edit (fluxkontext only).")
+@click.option("--weights", "weights_list", multiple=True,
+              help="Preference weights, one per reward in the checkpoint's order, e.g. 0.3,0.7 (normalised to sum "
+                   "to 1). Repeat for several.")
+@click.option("--sweep", type=int, default=None,
+              help="Also render a grid of N points per simplex edge: 2 rewards: N points from (1,0) to (0,1).")
+@click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True,
+              help="Noise seed; repeat for several.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@sampling_options
+def main(checkpoint: str, prompt: str, source: str | None, weights_list: tuple[str, ...], sweep: int | None,
+         seeds: tuple[int, ...], out: str, backbone: str, base: str | None, device: str, dtype: str,
+         video_format: str, **given: Any) -> None:
+    """Sample a ParetoSlider at chosen trade-offs between its rewards; prints the files written."""
+    adapter = backbone_adapter(backbone)
+    info = checkpoint_info(checkpoint, backbone)
+    points = preference_points(info, weights_list, sweep)
+    if not prompt.strip():
+        raise click.UsageError("--prompt is empty; pass the text to render.")
+    if any(seed < 0 for seed in seeds):
+        raise click.UsageError(f"--seed must be >= 0, got {list(seeds)}.")
+    items = source_items(adapter, prompt, source)
+    settings = resolve_settings(adapter, info, given)
+
+    pipe = load_base(adapter, base, device, dtype)
+    slider = load_slider(info, pipe)
+    jobs = [(w, seed) for w in points for seed in seeds]
+    sources = None
+    if adapter.needs_source:
+        sources = load_sources(items, settings.height, settings.width).expand(len(jobs), -1, -1, -1)
+    weights = None if info.kind == FIXED_WEIGHTS else [w for w, _ in jobs]
+    try:
+        samples = generate(
+            adapter, pipe, [prompt] * len(jobs), seeds=[seed for _, seed in jobs], slider=slider, weights=weights,
+            sources=sources, **settings.as_kwargs(),
+        )
+    except ValueError as err:  # a setting the model cannot draw, e.g. a size the toy base does not know
+        raise click.ClickException(str(err)) from None
+    fps = getattr(adapter, "frame_rate", 24.0)
+    for sample, (w, seed) in zip(samples, jobs):
+        tag_weights = info.fixed_weights if w is None else w
+        metadata = {
+            "prompt": prompt, "seed": seed, "weights": None if tag_weights is None else list(tag_weights),
+            "reward_names": list(info.reward_names), "kind": info.kind, "checkpoint": str(info.path),
+            "backbone": backbone, "base": base or adapter.default_base, "source": source, **settings.as_kwargs(),
+        }
+        path = save_sample(sample, out, sample_name(tag_weights, seed, slug(prompt)), metadata, video_format, fps)
+        click.echo(str(path))
+
+
+def preference_points(
+    info: CheckpointInfo, weights_list: tuple[str, ...], sweep: int | None
+) -> list[tuple[float, ...] | None]:
+    """The w's to render (on the simplex, in the given order, duplicates dropped); [None] for a fixed-weights file."""
+    if info.kind == FIXED_WEIGHTS:
+        if weights_list or sweep:
+            raise click.UsageError(
+                f"{info.path.name} is a fixed-weights baseline (trained at {info.fixed_weights}, no preference "
+                "input), so it has no slider: drop --weights and --sweep."
+            )
+        return [None]
+    if not weights_list and sweep is None:
+        names = ", ".join(info.reward_names)
+        raise click.UsageError(
+            f"Pass --weights with one weight per reward ({names}), e.g. "
+            f"--weights {','.join(['0.5'] * info.spec.num_rewards)}, or --sweep N."
+        )
+    points = []
+    for text in weights_list:
+        try:
+            points.append(simplex_point(info.spec, parse_floats(text, "--weights")))
+        except ValueError as err:
+            raise click.UsageError(f"--weights {text}: {err}") from None
+    if sweep is not None:
+        try:
+            points.extend(weight_grid(info.spec.num_rewards, sweep))
+        except ValueError as err:
+            raise click.UsageError(f"--sweep: {err}") from None
+    return list(dict.fromkeys(points))
+
+
+if __name__ == "__main__":
+    main()

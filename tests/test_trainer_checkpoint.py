@@ -1,0 +1,104 @@
+"""Checkpoints: atomic on disk (a crash never leaves `latest` naming a broken one), tensors and JSON only."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import checkpoint as ckpt
+
+
+def _save(root, epoch: int, keep: int = 2):
+    tensors = {"trainable": {"w": torch.full((3,), float(epoch))}, "ema": {"shadow.0": torch.zeros(3)}}
+    return ckpt.save_checkpoint(root, epoch, tensors, {"epoch": epoch, "note": "x"}, keep=keep)
+
+
+def test_latest_points_at_the_newest_and_old_ones_are_pruned(tmp_path):
+    for epoch in (1, 2, 3):
+        _save(tmp_path, epoch)
+    assert (tmp_path / "latest").read_text().strip() == "epoch-000003"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-000002", "epoch-000003", "latest"]
+    found = ckpt.find_checkpoint(tmp_path)
+    assert found.state["epoch"] == 3 and torch.equal(found.tensors("trainable")["w"], torch.full((3,), 3.0))
+    assert ckpt.find_checkpoint(tmp_path / "epoch-000002").state["epoch"] == 2
+
+
+def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    _save(tmp_path, 1)
+    real, calls = ckpt.save_file, []
+
+    def dies_on_second_file(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", dies_on_second_file)
+    with pytest.raises(OSError, match="disk full"):
+        _save(tmp_path, 2)
+    assert (tmp_path / "latest").read_text().strip() == "epoch-000001"
+    assert ckpt.find_checkpoint(tmp_path).state["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-000001", "latest"]
+
+
+def test_a_killed_writer_leaves_nothing_that_is_mistaken_for_a_checkpoint(tmp_path):
+    _save(tmp_path, 1)
+    # what a SIGKILL can leave: a half-written temporary folder, and (with a `latest` lost) nothing else
+    partial = tmp_path / ".tmp-epoch-000002-abc"
+    partial.mkdir()
+    (partial / "trainable.safetensors").write_bytes(b"\x00" * 10)
+    (tmp_path / "latest").write_text("epoch-000002\n")  # names a folder that never got its final name
+    found = ckpt.find_checkpoint(tmp_path)
+    assert found.path.name == "epoch-000001"
+    _save(tmp_path, 2)  # the next save clears the debris
+    assert not partial.exists() and ckpt.find_checkpoint(tmp_path).state["epoch"] == 2
+
+
+def test_missing_or_foreign_checkpoint_folders_are_refused(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.find_checkpoint(tmp_path / "nope")
+    with pytest.raises(ckpt.CheckpointError, match="holds no complete checkpoint"):
+        ckpt.find_checkpoint(tmp_path)
+    folder = _save(tmp_path, 1)
+    state = json.loads((folder / ckpt.STATE_FILE).read_text())
+    (folder / ckpt.STATE_FILE).write_text(json.dumps({**state, "format_version": 99}))
+    with pytest.raises(ckpt.CheckpointError, match="format 99"):
+        ckpt.find_checkpoint(folder)
+
+
+def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+        return params, torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "lr": 0.1}], lr=0.01)
+
+    def step(params, opt):
+        opt.zero_grad()
+        sum((p**2).sum() for p in params).backward()
+        opt.step()
+
+    params, opt = make()
+    step(params, opt)
+    tensors, meta = ckpt.optimizer_to_tensors(opt.state_dict())
+    ckpt.save_checkpoint(tmp_path, 1, {"optimizer": tensors}, {"epoch": 1, "optimizer": meta}, keep=1)
+    found = ckpt.find_checkpoint(tmp_path)
+    params2, opt2 = make()
+    with torch.no_grad():
+        for a, b in zip(params2, params):
+            a.copy_(b)
+    opt2.load_state_dict(ckpt.optimizer_from_tensors(found.tensors("optimizer"), found.state["optimizer"]))
+    step(params, opt)
+    step(params2, opt2)
+    assert all(torch.equal(a, b) for a, b in zip(params, params2))
+
+
+def test_rng_state_is_json_and_restores_every_generator():
+    state = json.loads(json.dumps(ckpt.rng_state()))
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt.set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]

@@ -1,0 +1,115 @@
+"""One transformer, three policies: trained, lagged old, reference (method.md, training loop step 5).
+
+The trained policy is the peft adapter "pareto_slider" plus the preference modules; the old policy is a second
+adapter with its own copy of the modules, moved towards the trained one after each epoch; the reference policy is
+the base model: adapters disabled and no w. They share the frozen base weights, so the three cost one model's memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from pslider_core import ParetoSlider
+from pslider_core.backbones import BackboneAdapter, Conditioning
+from pslider_core.lora import add_lora
+
+CURRENT, OLD, REFERENCE = "current", "old", "reference"
+OLD_ADAPTER = "pareto_slider_old"
+MODULE_PREFIX = "preference."
+
+
+class Policies(nn.Module):
+    """Velocity of the trained, old or reference policy; the module that DDP / FSDP wrap and train."""
+
+    def __init__(
+        self, slider: ParetoSlider, adapter: BackboneAdapter, pipe: Any, conditioned: bool, with_old: bool
+    ) -> None:
+        super().__init__()
+        self.transformer = slider.transformer
+        self.preference = slider.modules
+        self.adapter = adapter
+        self.pipe = pipe
+        self.conditioned = conditioned
+        self.current_adapter = slider.adapter_name
+        self.old_preference: nn.Module | None = None
+        if with_old:
+            with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the point
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                add_lora(self.transformer, slider.lora, OLD_ADAPTER)
+            self.old_preference = copy.deepcopy(self.preference).requires_grad_(False)
+        self._layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
+        self.named_trainable = self._named(self.current_adapter, self.preference if conditioned else None)
+        self.named_old = self._named(OLD_ADAPTER, self.old_preference if conditioned else None) if with_old else []
+        if with_old and [n for n, _ in self.named_old] != [self._as_old(n) for n, _ in self.named_trainable]:
+            raise RuntimeError("The old policy's tensors do not line up with the trained policy's.")
+        self.requires_grad_(False)
+        for param in self.trainable:
+            param.data = param.data.float()  # trained weights stay float32 under mixed precision
+        for param in self.old:
+            param.data = param.data.float()
+        self._active: str | None = ""
+        self._switch(self.current_adapter)
+        with torch.no_grad():
+            for old, new in zip(self.old, self.trainable):
+                old.copy_(new)
+
+    # ------------------------------------------------------------------ parameters
+    def _named(self, adapter_name: str, modules: nn.Module | None) -> list[tuple[str, nn.Parameter]]:
+        lora = [(n, p) for n, p in self.transformer.named_parameters() if f".{adapter_name}." in n and "lora_" in n]
+        extra = [(MODULE_PREFIX + n, p) for n, p in modules.named_parameters()] if modules is not None else []
+        return lora + extra
+
+    def _as_old(self, name: str) -> str:
+        return name if name.startswith(MODULE_PREFIX) else name.replace(f".{self.current_adapter}.", f".{OLD_ADAPTER}.")
+
+    @property
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_trainable]
+
+    @property
+    def old(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_old]
+
+    @property
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_trainable if not n.startswith(MODULE_PREFIX)]
+
+    @property
+    def module_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_trainable if n.startswith(MODULE_PREFIX)]
+
+    # ------------------------------------------------------------------ policy switching
+    def _switch(self, adapter_name: str | None) -> None:
+        """Activate one LoRA adapter (None: all disabled); peft's switch also flips requires_grad, undone here."""
+        if adapter_name == self._active:
+            return
+        for layer in self._layers:
+            if adapter_name is None:
+                layer.enable_adapters(False)
+            else:
+                layer.set_adapter(adapter_name)
+                if layer.disable_adapters:
+                    layer.enable_adapters(True)
+        self._active = adapter_name
+        for param in self.trainable:
+            param.requires_grad_(True)
+        for param in self.old:
+            param.requires_grad_(False)
+
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, w: torch.Tensor | None, policy: str
+    ) -> torch.Tensor:
+        """v(x, sigma) of `policy` (CURRENT, OLD or REFERENCE) conditioned on w (B, M); the reference ignores w."""
+        modules = {CURRENT: self.preference, OLD: self.old_preference, REFERENCE: None}[policy]
+        self._switch({CURRENT: self.current_adapter, OLD: OLD_ADAPTER, REFERENCE: None}[policy])
+        with ExitStack() as stack:
+            if self.conditioned and modules is not None:
+                stack.enter_context(self.adapter.condition(self.transformer, modules, w))
+            return self.adapter.predict_velocity(self.pipe, self.transformer, x, sigma, cond)
