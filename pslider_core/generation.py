@@ -221,13 +221,14 @@ def _generate_batch(
     num_frames: int, guidance_scale: float,
 ) -> torch.Tensor:
     transformer = pipe.transformer
-    cond = adapter.encode_prompts(pipe, prompts, sources)
-    uncond = adapter.encode_prompts(pipe, [""] * len(prompts), sources) if guidance_scale != 1 else None
+    size = {"height": height, "width": width, "num_frames": num_frames}
+    cond = adapter.encode_prompts(pipe, prompts, sources, **size)
+    uncond = adapter.encode_prompts(pipe, [""] * len(prompts), sources, **size) if guidance_scale != 1 else None
     noise = torch.cat([
         adapter.initial_noise(pipe, 1, height, width, torch.Generator().manual_seed(seed), num_frames)
         for seed in seeds
     ])
-    sigmas = adapter.sigmas(pipe, num_steps, noise)
+    sigmas = adapter.sigmas(pipe, num_steps, noise, cond)
 
     def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         v = adapter.predict_velocity(pipe, transformer, x, sigma, cond)

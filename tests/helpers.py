@@ -10,14 +10,14 @@ from pslider_core import get_backbone
 def transformer_inputs(backbone: str, pipe, prompts: list[str], seed: int = 0):
     """(x, sigma, cond) for one velocity call of a tiny pipeline, sources included for editing backbones."""
     adapter = get_backbone(backbone)
-    size = adapter.tiny_sample_size
+    size = {"num_frames": 1, **adapter.tiny_sample_size}
     gen = torch.Generator().manual_seed(seed)
     sources = None
     if adapter.needs_source:
         sources = torch.rand(len(prompts), 3, size["height"], size["width"], generator=gen)
     with torch.no_grad():
-        cond = adapter.encode_prompts(pipe, prompts, sources)
-    x = adapter.initial_noise(pipe, len(prompts), size["height"], size["width"], gen, size.get("num_frames", 1))
+        cond = adapter.encode_prompts(pipe, prompts, sources, **size)
+    x = adapter.initial_noise(pipe, len(prompts), size["height"], size["width"], gen, size["num_frames"])
     sigma = torch.full((len(prompts),), 0.6)
     return x, sigma, cond
 

@@ -15,25 +15,27 @@ import torch
 from diffusers import DiffusionPipeline
 from peft import LoraConfig
 
-from pslider_core.backbones import BackboneAdapter, available_backbones, get_backbone
+from pslider_core.backbones import BackboneAdapter, available_backbones, get_backbone, select_conditioning
 
 STEPS = 3
 SEED = 7
 
 
-PipelineCall = Callable[[BackboneAdapter, Any, list[str], "torch.Tensor | None", torch.Generator], Any]
+Size = dict[str, int]  # height, width, num_frames
+PipelineCall = Callable[[BackboneAdapter, Any, list[str], "torch.Tensor | None", torch.Generator, Size], Any]
 
 
-def _sd3_pipeline(adapter: BackboneAdapter, pipe: Any, prompts: list[str], sources: Any, gen: torch.Generator):
-    size = adapter.tiny_sample_size
+def _sd3_pipeline(adapter: BackboneAdapter, pipe: Any, prompts: list[str], sources: Any, gen: torch.Generator,
+                  size: Size):
     return pipe(
         prompt=prompts, height=size["height"], width=size["width"], num_inference_steps=STEPS,
         guidance_scale=1.0, generator=gen, output_type="pt", max_sequence_length=adapter.max_sequence_length,
     ).images
 
 
-def _kontext_pipeline(adapter: BackboneAdapter, pipe: Any, prompts: list[str], sources: Any, gen: torch.Generator):
-    height, width = adapter.tiny_sample_size["height"], adapter.tiny_sample_size["width"]
+def _kontext_pipeline(adapter: BackboneAdapter, pipe: Any, prompts: list[str], sources: Any, gen: torch.Generator,
+                     size: Size):
+    height, width = size["height"], size["width"]
     return pipe(
         image=sources, prompt=prompts, height=height, width=width, num_inference_steps=STEPS,
         guidance_scale=adapter.guidance_scale, generator=gen, output_type="pt",
@@ -41,9 +43,10 @@ def _kontext_pipeline(adapter: BackboneAdapter, pipe: Any, prompts: list[str], s
     ).images
 
 
-def _ltx2_pipeline(adapter: BackboneAdapter, pipe: Any, prompts: list[str], sources: Any, gen: torch.Generator):
+def _ltx2_pipeline(adapter: BackboneAdapter, pipe: Any, prompts: list[str], sources: Any, gen: torch.Generator,
+                   size: Size):
     return pipe(
-        prompt=prompts, **adapter.tiny_sample_size, frame_rate=adapter.frame_rate, num_inference_steps=STEPS,
+        prompt=prompts, **size, frame_rate=adapter.frame_rate, num_inference_steps=STEPS,
         generator=gen, output_type="pt", max_sequence_length=adapter.max_sequence_length,
         # every guidance off: no CFG, STG, modality isolation or rescale, for video and audio alike
         guidance_scale=1.0, stg_scale=0.0, modality_scale=1.0, guidance_rescale=0.0, audio_guidance_scale=1.0,
@@ -91,18 +94,19 @@ def _sources(adapter: BackboneAdapter) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def _noise(adapter: BackboneAdapter, pipe: Any, seed: int = SEED) -> torch.Tensor:
-    size = adapter.tiny_sample_size
-    generator = torch.Generator().manual_seed(seed)
+def _noise(adapter: BackboneAdapter, pipe: Any, size: Size | None = None) -> torch.Tensor:
+    size = size or adapter.tiny_sample_size
+    generator = torch.Generator().manual_seed(SEED)
     return adapter.initial_noise(pipe, len(PROMPTS), size["height"], size["width"], generator, size["num_frames"])
 
 
 @torch.no_grad()
-def _euler(adapter: BackboneAdapter, pipe: Any, sources: torch.Tensor | None) -> torch.Tensor:
+def _euler(adapter: BackboneAdapter, pipe: Any, sources: torch.Tensor | None, size: Size | None = None) -> torch.Tensor:
     """Deterministic flow-matching Euler sampling from the adapter's steps; returns the clean state."""
-    cond = adapter.encode_prompts(pipe, PROMPTS, sources)
-    x = _noise(adapter, pipe)
-    sigmas = adapter.sigmas(pipe, STEPS, x)
+    size = size or adapter.tiny_sample_size
+    cond = adapter.encode_prompts(pipe, PROMPTS, sources, **size)
+    x = _noise(adapter, pipe, size)
+    sigmas = adapter.sigmas(pipe, STEPS, x, cond)
     assert sigmas.shape == (STEPS + 1,) and sigmas[0] == 1.0 and sigmas[-1] == 0.0
     for i in range(STEPS):
         v = adapter.predict_velocity(pipe, pipe.transformer, x, sigmas[i].expand(x.shape[0]), cond)
@@ -111,17 +115,15 @@ def _euler(adapter: BackboneAdapter, pipe: Any, sources: torch.Tensor | None) ->
     return x
 
 
-@pytest.mark.parametrize("name", DIFFUSERS_BACKBONES)
-def test_generation_steps_match_pipeline(name: str) -> None:
-    if name not in PIPELINE_CALLS:
-        pytest.fail(f"Backbone {name!r} has a diffusers pipeline but no entry in PIPELINE_CALLS ({__file__}).")
-    adapter, pipe = _adapter_and_pipe(name)
+def _assert_matches_pipeline(adapter: BackboneAdapter, pipe: Any, size: Size) -> None:
+    """The adapter's Euler loop and decoders give the pipeline's own output at this size."""
     sources = _sources(adapter)
-    x0 = _euler(adapter, pipe, sources)
-    size = adapter.tiny_sample_size
+    x0 = _euler(adapter, pipe, sources, size)
     with torch.no_grad():
         ours = adapter.decode(pipe, x0, **size)
-        theirs = PIPELINE_CALLS[name](adapter, pipe, PROMPTS, sources, torch.Generator().manual_seed(SEED))
+        theirs = PIPELINE_CALLS[adapter.name](
+            adapter, pipe, PROMPTS, sources, torch.Generator().manual_seed(SEED), size
+        )
 
     frames = theirs.frames if adapter.modality == "video" else theirs
     expected_shape = (len(PROMPTS), 3, size["height"], size["width"])
@@ -132,11 +134,22 @@ def test_generation_steps_match_pipeline(name: str) -> None:
     assert float(ours.std()) > 1e-3, "decoded output is flat: the comparison would prove nothing"
     torch.testing.assert_close(ours, frames, atol=1e-5, rtol=1e-4)
 
-    if hasattr(adapter, "decode_audio"):
+    if adapter.generates_audio:
         with torch.no_grad():
             audio, rate = adapter.decode_audio(pipe, x0, **size)
         assert rate == pipe.vocoder.config.output_sampling_rate
         torch.testing.assert_close(audio, theirs.audio, atol=1e-5, rtol=1e-4)
+    else:
+        with pytest.raises(NotImplementedError, match=f"{adapter.name}' generates no audio.*ltx2"):
+            adapter.decode_audio(pipe, x0, **size)
+
+
+@pytest.mark.parametrize("name", DIFFUSERS_BACKBONES)
+def test_generation_steps_match_pipeline(name: str) -> None:
+    if name not in PIPELINE_CALLS:
+        pytest.fail(f"Backbone {name!r} has a diffusers pipeline but no entry in PIPELINE_CALLS ({__file__}).")
+    adapter, pipe = _adapter_and_pipe(name)
+    _assert_matches_pipeline(adapter, pipe, adapter.tiny_sample_size)
 
 
 @pytest.mark.parametrize("name", available_backbones())
@@ -217,7 +230,7 @@ def _capture_kontext_call() -> tuple[BackboneAdapter, tuple, dict, int, int, lis
     ]
     try:
         sources = _sources(adapter)
-        cond = adapter.encode_prompts(pipe, PROMPTS, sources)
+        cond = adapter.encode_prompts(pipe, PROMPTS, sources, **adapter.tiny_sample_size)
         x = _noise(adapter, pipe)
         with torch.no_grad():
             adapter.predict_velocity(pipe, transformer, x, torch.ones(len(PROMPTS)), cond)
@@ -249,33 +262,44 @@ def test_kontext_mask_marks_exactly_the_target_tokens() -> None:
 
 def test_kontext_requires_sources() -> None:
     adapter, pipe = _adapter_and_pipe("fluxkontext")
+    size = adapter.tiny_sample_size
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        adapter.encode_prompts(pipe, PROMPTS)
+        adapter.encode_prompts(pipe, PROMPTS, **size)
     with pytest.raises(ValueError, match="one per prompt"):
-        adapter.encode_prompts(pipe, PROMPTS, torch.rand(1, 3, 32, 32))
+        adapter.encode_prompts(pipe, PROMPTS, torch.rand(1, 3, 32, 32), **size)
     with pytest.raises(ValueError, match=r"values in \[-"):
-        adapter.encode_prompts(pipe, PROMPTS, torch.rand(2, 3, 32, 32) * 2 - 1)  # [-1, 1] images, not [0, 1]
+        adapter.encode_prompts(pipe, PROMPTS, torch.rand(2, 3, 32, 32) * 2 - 1, **size)  # [-1, 1], not [0, 1]
 
 
 def test_ltx2_state_layout() -> None:
     adapter, pipe = _adapter_and_pipe("ltx2")
     size = adapter.tiny_sample_size
     x = _noise(adapter, pipe)
-    layout = adapter.layout(pipe, **size)
-    video, audio = adapter.split_state(pipe, x)
+    cond = adapter.encode_prompts(pipe, PROMPTS, **size)
+    layout = adapter.layout_of(cond)
+    assert layout == adapter.layout(pipe, **size)
+    assert adapter.layout_of(select_conditioning(cond, [1, 1, 0])) is layout  # shared by every sample
+    video, audio = layout.split(x)
     assert video.shape == (2, layout.video_tokens, pipe.transformer.config.in_channels)
     assert audio.shape == (2, layout.audio_frames, pipe.transformer.config.audio_in_channels)
     assert torch.equal(torch.cat([video, audio], dim=1), x)
 
-    with pytest.raises(ValueError, match="initial_noise"):
-        adapter.sigmas(pipe, STEPS, x[:, 1:])
+    with pytest.raises(ValueError, match="num_frames the state was created with"):
+        adapter.sigmas(pipe, STEPS, x[:, 1:], cond)
+    without_layout = {k: v for k, v in cond.items() if k != "shared_layout"}
+    with pytest.raises(ValueError, match="holds no LTX-2 layout"):
+        adapter.predict_velocity(pipe, pipe.transformer, x, torch.ones(2), without_layout)
     with pytest.raises(ValueError, match="multiples of"):
         adapter.layout(pipe, 33, 32, 5)
-    with pytest.raises(ValueError, match="pass the size the state was created with"):
+    with pytest.raises(ValueError, match="num_frames the state was created with"):
         adapter.decode(pipe, x, size["height"], size["width"], size["num_frames"] + 4)
-    # found from another adapter instance (get_backbone makes a new one per call) and a reloaded pipeline
-    assert get_backbone("ltx2").layout_of(adapter.tiny_pipeline(seed=1), x) == layout
-    # 32x96 and 96x32 give equal token counts that a (B, N, C) state cannot tell apart: the second is refused
-    adapter.initial_noise(pipe, 1, 32, 96, torch.Generator().manual_seed(0), 5)
-    with pytest.raises(ValueError, match="only one of these sizes"):
-        adapter.initial_noise(pipe, 1, 96, 32, torch.Generator().manual_seed(0), 5)
+
+
+def test_ltx2_sizes_with_equal_token_counts_in_one_process() -> None:
+    """32x96 and 96x32 give states of one shape; each conditioning carries its own grid, so both match the pipeline."""
+    adapter, pipe = _adapter_and_pipe("ltx2")
+    wide, tall = {"height": 32, "width": 96, "num_frames": 5}, {"height": 96, "width": 32, "num_frames": 5}
+    assert _noise(adapter, pipe, wide).shape == _noise(adapter, pipe, tall).shape
+    assert adapter.layout(pipe, **wide) != adapter.layout(pipe, **tall)
+    for size in (wide, tall):
+        _assert_matches_pipeline(adapter, pipe, size)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pslider_core.rewards import (
+    NonFiniteScoreError,
     Reward,
     RewardBatch,
     UnknownRewardError,
@@ -103,6 +104,20 @@ def test_image_reward_on_video_averages_frames():
     torch.testing.assert_close(scores, video[:, :, 0].mean(dim=(2, 3)).mean(dim=1))
 
 
+def test_audio_reward_on_video_scores_whole_clips_with_their_sound():
+    class Loudness(Reward):
+        name = "loudness"
+        needs_audio = True
+
+        def score(self, batch: RewardBatch) -> torch.Tensor:
+            assert batch.is_video and batch.audio_sample_rate == 16000
+            return batch.audio.abs().mean(dim=(1, 2))
+
+    audio = torch.randn(2, 2, 100)
+    clips = RewardBatch(images=torch.rand(2, 3, 3, 8, 8), prompts=["a", "b"], audio=audio, audio_sample_rate=16000)
+    torch.testing.assert_close(Loudness()(clips), audio.abs().mean(dim=(1, 2)))
+
+
 def test_call_checks_needs_and_score_shape():
     class NeedsAll(MeanRed):
         name = "needs_all"
@@ -128,7 +143,7 @@ def test_call_checks_needs_and_score_shape():
         def score(self, batch):
             return torch.full((len(batch),), float("nan"))
 
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(NonFiniteScoreError, match="non-finite"):
         Nan()(batch())
     with pytest.raises(TypeError, match="RewardBatch"):
         MeanRed()(torch.rand(1, 3, 8, 8))

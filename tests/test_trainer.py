@@ -94,12 +94,12 @@ def sample(backbone: str, base: Path, file: Path, weights, num_steps: int = 2, s
     adapter.max_sequence_length = 16
     pipe = adapter.load_pipeline(base)
     slider = ParetoSlider.from_file(file, pipe.transformer, backbone)
-    size = adapter.tiny_sample_size
+    size = {"num_frames": 1, **adapter.tiny_sample_size}
     prompts = PROMPTS[:2] * 2
     sources = torch.rand(len(prompts), 3, size["height"], size["width"], generator=torch.Generator().manual_seed(0))
     outputs = []
     with torch.no_grad():
-        cond = adapter.encode_prompts(pipe, prompts, sources if adapter.needs_source else None)
+        cond = adapter.encode_prompts(pipe, prompts, sources if adapter.needs_source else None, **size)
 
         def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return adapter.predict_velocity(pipe, pipe.transformer, x, sigma, cond)
@@ -107,12 +107,12 @@ def sample(backbone: str, base: Path, file: Path, weights, num_steps: int = 2, s
         for w in weights:
             noise = adapter.initial_noise(
                 pipe, len(prompts), size["height"], size["width"], torch.Generator().manual_seed(seed),
-                size.get("num_frames", 1),
+                size["num_frames"],
             )
-            sigmas = adapter.sigmas(pipe, num_steps, noise)
+            sigmas = adapter.sigmas(pipe, num_steps, noise, cond)
             with slider.condition(w):
                 x0 = ode_sample(velocity, noise, sigmas)
-            outputs.append(adapter.decode(pipe, x0, size["height"], size["width"], size.get("num_frames", 1)))
+            outputs.append(adapter.decode(pipe, x0, **size))
     return torch.stack(outputs)
 
 
@@ -255,6 +255,11 @@ def _reward_module(tmp_path: Path, monkeypatch) -> str:
         "def darkness(batch):\n"
         "    '''1 - mean pixel value: the exact opposite of brightness.'''\n"
         "    return 1 - batch.images.mean(dim=tuple(range(1, batch.images.ndim)))\n"
+        "def loudness(batch):\n"
+        "    '''Mean absolute amplitude of the sound generated with each sample.'''\n"
+        "    assert batch.audio_sample_rate > 0\n"
+        "    return batch.audio.abs().mean(dim=tuple(range(1, batch.audio.ndim)))\n"
+        "loudness.needs_audio = True\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     return name
@@ -283,6 +288,22 @@ def test_persistent_nan_rewards_abort_with_a_clear_message(tiny_base, tmp_path, 
     assert "2 steps in a row were skipped for NaN/inf" in result.output and "--max-bad-steps" in result.output
     assert "reward 1: 4 of 4" in result.output
     assert not output.exists()
+
+
+def test_audio_rewards_score_ltx2_sound_and_are_refused_for_image_backbones(tiny_base, tmp_path, monkeypatch):
+    module = _reward_module(tmp_path, monkeypatch)
+    output = tmp_path / "audio.safetensors"
+    args = tiny_args("sd3", tiny_base("sd3"), write_prompts(tmp_path, "sd3"), output)
+    args[args.index("--rewards") + 1] = f"brightness,{module}:loudness"
+    result = run_cli(args, exit_code=2)
+    assert "scores audio but --backbone sd3 makes no audio" in result.output and "--backbone ltx2" in result.output
+    assert not output.exists()
+
+    args = tiny_args("ltx2", tiny_base("ltx2"), write_prompts(tmp_path, "ltx2"), output)
+    args[args.index("--rewards") + 1] = f"brightness,{module}:loudness"
+    run_cli(args)  # the trainer decodes the sound generated with each video and passes it to the reward
+    (line,) = metrics_lines(output)
+    assert line[f"reward/{module}:loudness"] > 0 and line["optimizer_steps"] == 1 and np.isfinite(line["loss"])
 
 
 # ---------------------------------------------------------------------- it learns what w asks for

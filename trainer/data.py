@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pslider_core import PreferenceSpec, get_backbone
-from pslider_core.backbones import BackboneAdapter
+from pslider_core.backbones import BackboneAdapter, audio_backbones
 from pslider_core.preference_sampling import PreferenceMixture
 from pslider_core.rewards import Reward, get_reward, parse_reward_list
 
@@ -142,8 +142,11 @@ def _check_reward_fits(reward: Reward, adapter: BackboneAdapter) -> None:
         raise InputError(
             f"Reward {reward.name!r} scores videos but --backbone {adapter.name} makes images; use a video backbone."
         )
-    if reward.needs_audio and not callable(getattr(adapter, "decode_audio", None)):
-        raise InputError(f"Reward {reward.name!r} scores audio but --backbone {adapter.name} makes no audio.")
+    if reward.needs_audio and not adapter.generates_audio:
+        raise InputError(
+            f"Reward {reward.name!r} scores audio but --backbone {adapter.name} makes no audio; pick another reward "
+            f"or --backbone {' / '.join(audio_backbones())}."
+        )
 
 
 def validate_inputs(config: TrainConfig) -> TrainInputs:

@@ -277,7 +277,7 @@ def run_jobs(plan: Plan, jobs: list[Job], table: ScoreTable, out: Path, base: st
                                 "weights": None if job.weights is None else list(job.weights)}
                     stem = sample_name(job.weights, job.seed, prompt_id(label))
                     save_sample(sample, sample_dir(out, method), stem, metadata, video_format,
-                                getattr(adapter, "frame_rate", 24.0))
+                                adapter.frame_rate)
             bar.update(len(batch))
         if slider is not None and slider.lora is not None:
             pipe.transformer.delete_adapters(slider.adapter_name)

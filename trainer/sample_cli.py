@@ -227,7 +227,6 @@ def main(checkpoint: str, prompt: str, source: str | None, weights_list: tuple[s
         )
     except ValueError as err:  # a setting the model cannot draw, e.g. a size the toy base does not know
         raise click.ClickException(str(err)) from None
-    fps = getattr(adapter, "frame_rate", 24.0)
     for sample, (w, seed) in zip(samples, jobs):
         tag_weights = info.fixed_weights if w is None else w
         metadata = {
@@ -235,7 +234,8 @@ def main(checkpoint: str, prompt: str, source: str | None, weights_list: tuple[s
             "reward_names": list(info.reward_names), "kind": info.kind, "checkpoint": str(info.path),
             "backbone": backbone, "base": base or adapter.default_base, "source": source, **settings.as_kwargs(),
         }
-        path = save_sample(sample, out, sample_name(tag_weights, seed, slug(prompt)), metadata, video_format, fps)
+        stem = sample_name(tag_weights, seed, slug(prompt))
+        path = save_sample(sample, out, stem, metadata, video_format, adapter.frame_rate)
         click.echo(str(path))
 
 

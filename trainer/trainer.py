@@ -47,7 +47,7 @@ from pslider_core.objectives import (
     update_old_policy_,
 )
 from pslider_core.preference_sampling import preference_slots
-from pslider_core.rewards import Reward, RewardBatch
+from pslider_core.rewards import NonFiniteScoreError, Reward, RewardBatch
 from pslider_core.samplers import ode_sample, sample_sde_window, sde_sample, sde_step, sde_transition
 
 from .checkpoint import (
@@ -307,7 +307,10 @@ class ParetoSliderTrainer:
         for start in range(0, len(items), self.config.batch_size):
             batch = items[start : start + self.config.batch_size]
             prompts = [""] * len(batch) if negative else [item.prompt for item in batch]
-            parts.append(self.adapter.encode_prompts(self.pipe, prompts, self._sources(batch)))
+            parts.append(self.adapter.encode_prompts(
+                self.pipe, prompts, self._sources(batch), height=self.config.height, width=self.config.width,
+                num_frames=self.config.num_frames,
+            ))
         return {k: v if k.startswith("shared_") else torch.cat([p[k] for p in parts]) for k, v in parts[0].items()}
 
     # ------------------------------------------------------------------ stage 1: generate
@@ -338,7 +341,7 @@ class ParetoSliderTrainer:
                                           _generator(config.seed, "noise", epoch, int(i)), config.num_frames)
                     for i in index
                 ])
-                sigmas = adapter.sigmas(pipe, config.num_steps, noise)
+                sigmas = adapter.sigmas(pipe, config.num_steps, noise, cond)
                 rollouts.sigmas = sigmas
                 velocity = self._velocity(cond, uncond, w, policy)
                 if config.objective == "nft":
@@ -652,9 +655,7 @@ def _score(reward: Reward, batch: RewardBatch) -> torch.Tensor:
     """One reward's scores; a reward that rejects its own NaN/inf output yields NaNs so the step is skipped."""
     try:
         return reward(batch)
-    except ValueError as err:
-        if "non-finite" not in str(err):
-            raise
+    except NonFiniteScoreError:
         return torch.full((len(batch),), math.nan)
 
 

@@ -25,11 +25,17 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def audio_backbones() -> list[str]:
+    """Backbones that generate sound with each sample (what audio rewards need)."""
+    return sorted(name for name, cls in _REGISTRY.items() if cls.generates_audio)
+
+
 from . import fluxkontext, ltx2, sd3, toy  # noqa: E402,F401  (registration lines)
 
 __all__ = [
     "BackboneAdapter",
     "Conditioning",
+    "audio_backbones",
     "available_backbones",
     "get_backbone",
     "register_backbone",

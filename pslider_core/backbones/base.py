@@ -18,7 +18,8 @@ from ..modules import PreferenceModules
 
 Conditioning = dict[str, Any]
 """Per-prompt inputs of the transformer (embeddings, reference latents): tensors batched on dim 0, except
-entries whose key starts with `shared_` (position ids, token counts), which hold for every sample."""
+entries whose key starts with `shared_` (e.g. the sample geometry a state cannot carry), which hold for every
+sample."""
 
 
 def select_conditioning(cond: Conditioning, index: torch.Tensor | list[int]) -> Conditioning:
@@ -34,6 +35,7 @@ class BackboneAdapter:
     description: ClassVar[str]
     modality: ClassVar[str] = "image"  # "image" or "video": what rewards receive
     needs_source: ClassVar[bool] = False  # editing backbones take a source image per prompt
+    generates_audio: ClassVar[bool] = False  # True: `decode_audio` gives the sound generated with each sample
     # pixel size (and frames) that the tiny pipeline generates quickly: tests and demos use it
     tiny_sample_size: ClassVar[dict[str, int]] = {"height": 32, "width": 32, "num_frames": 1}
     default_base: ClassVar[str]  # hub id of the real base model
@@ -50,6 +52,9 @@ class BackboneAdapter:
     # LoRA layout
     lora_target_modules: ClassVar[tuple[str, ...] | str]
     lora_key_prefix: ClassVar[str]  # prefix of LoRA keys in the file, e.g. "transformer."
+
+    # playback rate of generated videos (frames per second) and, for video models, a model input; images ignore it
+    frame_rate: float = 24.0
 
     # ---------------------------------------------------------------- structure
     def inner_dim(self, transformer: nn.Module) -> int:
@@ -99,8 +104,14 @@ class BackboneAdapter:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- generation steps (trainer and sampler)
-    def encode_prompts(self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None) -> Conditioning:
-        """Text embeddings (and, for editing, source latents) for a batch of prompts."""
+    # A batch is generated as: cond = encode_prompts(.., height=, width=, num_frames=); x = initial_noise(..);
+    # sigmas(.., x, cond); predict_velocity(.., x, sigma, cond) per step; decode(.., x0, height, width, num_frames).
+    def encode_prompts(
+        self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None, *, height: int, width: int,
+        num_frames: int = 1,
+    ) -> Conditioning:
+        """Conditioning of a batch to be generated at this size: text embeddings (and, for editing, source
+        latents); adapters whose states do not carry their geometry add it as `shared_` entries."""
         raise NotImplementedError
 
     def initial_noise(
@@ -109,8 +120,9 @@ class BackboneAdapter:
         """Gaussian noise in the model's state space (x at sigma = 1)."""
         raise NotImplementedError
 
-    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor) -> torch.Tensor:
-        """Decreasing sigma grid of num_steps + 1 values from 1 to 0, as the backbone's scheduler spaces it."""
+    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Decreasing sigma grid of num_steps + 1 values from 1 to 0, as the backbone's scheduler spaces it for
+        states like x conditioned on cond (a resolution-dependent shift reads the size from either)."""
         raise NotImplementedError
 
     def predict_velocity(
@@ -122,3 +134,21 @@ class BackboneAdapter:
     def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
         """Clean state -> images (B, 3, H, W) or videos (B, T, 3, H, W), float in [0, 1]."""
         raise NotImplementedError
+
+    def decode_audio(
+        self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1
+    ) -> tuple[torch.Tensor, int]:
+        """Clean state -> waveform (B, channels, samples) and its sample rate, for backbones that generate audio."""
+        from . import audio_backbones  # the registry imports this module
+
+        raise NotImplementedError(
+            f"Backbone {self.name!r} generates no audio; audio rewards need a backbone that does "
+            f"({', '.join(audio_backbones())})."
+        )
+
+
+def vae_decode_images(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents of a diffusers AutoencoderKL -> images (B, 3, H, W) in [0, 1], as its image pipelines do."""
+    latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+    images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    return (images.float() / 2 + 0.5).clamp(0, 1)

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from . import register_backbone
-from .base import BackboneAdapter, Conditioning
+from .base import BackboneAdapter, Conditioning, vae_decode_images
 from .tiny_text import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 # position of `img_ids` among the transformer's positional arguments (hooks may see either form)
@@ -100,7 +100,10 @@ class FluxKontextAdapter(BackboneAdapter):
             component.eval()
         return pipe
 
-    def encode_prompts(self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None) -> Conditioning:
+    def encode_prompts(
+        self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None, *, height: int, width: int,
+        num_frames: int = 1,
+    ) -> Conditioning:
         """Text embeddings plus the VAE latents of each source image (the reference the edit starts from).
 
         Sources are used at their own size, floored to a multiple of 2 x the VAE factor; unlike the pipeline's
@@ -132,8 +135,8 @@ class FluxKontextAdapter(BackboneAdapter):
         shape = (batch, pipe.transformer.config.in_channels // 4, height // f, width // f)
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.transformer.device)
 
-    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor) -> torch.Tensor:
-        """The pipeline's grid: linspace(1, 1/n), shifted by mu from the number of target tokens, then 0."""
+    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The pipeline's grid: linspace(1, 1/n), shifted by mu from the number of target tokens (x's shape), then 0."""
         config = pipe.scheduler.config
         mu = calculate_shift(
             (x.shape[2] // 2) * (x.shape[3] // 2),
@@ -170,10 +173,7 @@ class FluxKontextAdapter(BackboneAdapter):
         return pipe._unpack_latents(out[:, : targets.shape[1]], h * f, w * f, f).to(x.dtype)
 
     def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
-        vae = pipe.vae
-        latents = x0 / vae.config.scaling_factor + vae.config.shift_factor
-        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        return vae_decode_images(pipe.vae, x0)
 
 
 def _check_sources(sources: torch.Tensor | None, batch: int) -> None:

@@ -3,11 +3,12 @@
 The transformer always denoises a video and an audio latent together (they attend to each other), so both belong
 to the flow-matching state. The state x is ONE tensor: packed video tokens followed by packed audio tokens along
 dim 1, which works because both streams are 128 features wide in the real model (video: 128 latent channels,
-patch 1; audio: 8 latent channels x 16 latent mel bins). Losses or rewards that should ignore audio take the video
-part from `split_state`. Both parts share one sigma grid, as in LTX2Pipeline (its audio scheduler is a copy).
+patch 1; audio: 8 latent channels x 16 latent mel bins). Both parts share one sigma grid, as in LTX2Pipeline (its
+audio scheduler is a copy).
 
-The token split and the video grid cannot be read back from a (B, N, C) tensor, so `initial_noise` records them
-per model geometry and token count (`layout_of`); `sigmas` and `predict_velocity` look them up there.
+The token split and the video grid cannot be read back from a (B, N, C) tensor, so `encode_prompts` puts the
+batch's `LTX2Layout` in the conditioning (`shared_layout`), where `sigmas` and `predict_velocity` read it; losses or
+rewards that should ignore audio take the video part from `LTX2Layout.split`.
 """
 
 from __future__ import annotations
@@ -44,15 +45,21 @@ class LTX2Layout:
     latent_width: int
     video_tokens: int
     audio_frames: int  # audio tokens (latent audio frames; the pipeline does not patch audio)
+    frame_rate: float  # frames per second, a transformer input (audio and video positions are in seconds)
 
     @property
     def tokens(self) -> int:
         return self.video_tokens + self.audio_frames
 
-
-# (model geometry, frame rate, state token count) -> layout, filled by `initial_noise`: any pipeline of the same
-# configuration (a reloaded copy, another adapter instance) finds the states' layout
-_LAYOUTS: dict[tuple, LTX2Layout] = {}
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(video tokens, audio tokens) views of a state of this layout, e.g. for losses that ignore audio."""
+        if x.ndim != 3 or x.shape[1] != self.tokens:
+            raise ValueError(
+                f"LTX-2 states of this size are (B, {self.tokens}, C), got {tuple(x.shape)}: pass the height, width "
+                "and num_frames the state was created with (to encode_prompts and decode alike)."
+            )
+        video, audio = x.split([self.video_tokens, self.audio_frames], dim=1)
+        return video, audio
 
 
 @register_backbone
@@ -60,6 +67,7 @@ class LTX2Adapter(BackboneAdapter):
     name: ClassVar[str] = "ltx2"
     description: ClassVar[str] = "LTX-2 text-to-video (with its jointly generated audio)"
     modality: ClassVar[str] = "video"
+    generates_audio: ClassVar[bool] = True
     tiny_sample_size: ClassVar[dict[str, int]] = {"height": 32, "width": 32, "num_frames": 5}
     default_base: ClassVar[str] = "Lightricks/LTX-2"
     transformer_class: ClassVar[type[nn.Module]] = LTX2VideoTransformer3DModel
@@ -74,9 +82,8 @@ class LTX2Adapter(BackboneAdapter):
     lora_target_modules: ClassVar[str] = r".*transformer_blocks\.\d+\.attn[12]\.to_(q|k|v|out\.0)"
     lora_key_prefix: ClassVar[str] = "diffusion_model."
 
-    # Gemma tokens per prompt and playback frame rate: the pipeline's defaults.
+    # Gemma tokens per prompt: the pipeline's default (so is the base class's frame rate, 24)
     max_sequence_length: int = 1024
-    frame_rate: float = 24.0
 
     # ---------------------------------------------------------------- state layout
     def layout(self, pipe: Any, height: int, width: int, num_frames: int) -> LTX2Layout:
@@ -95,49 +102,19 @@ class LTX2Adapter(BackboneAdapter):
         )
         return LTX2Layout(
             latent_frames=frames, latent_height=h, latent_width=w, video_tokens=(frames // pt) * (h // p) * (w // p),
-            audio_frames=round(num_frames / self.frame_rate * audio_per_second),
+            audio_frames=round(num_frames / self.frame_rate * audio_per_second), frame_rate=self.frame_rate,
         )
 
-    def _key(self, pipe: Any, tokens: int) -> tuple:
-        return (
-            pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio,
-            pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size, pipe.audio_sampling_rate,
-            pipe.audio_hop_length, pipe.audio_vae_temporal_compression_ratio, self.frame_rate, tokens,
-        )
-
-    def layout_of(self, pipe: Any, x: torch.Tensor) -> LTX2Layout:
-        """Layout that `initial_noise` recorded for states of x's token count from a pipeline like this one."""
+    @staticmethod
+    def layout_of(cond: Conditioning) -> LTX2Layout:
+        """The layout `encode_prompts` put in a conditioning batch."""
         try:
-            return _LAYOUTS[self._key(pipe, x.shape[1])]
+            return cond["shared_layout"]
         except KeyError:
             raise ValueError(
-                f"No LTX-2 layout is known for a state of {x.shape[1]} tokens. Create states with "
-                "initial_noise(pipe, batch, height, width, generator, num_frames), which records how video and "
-                "audio tokens are split for that size, before calling sigmas or predict_velocity."
+                "This conditioning holds no LTX-2 layout (`shared_layout`): create it with the LTX-2 adapter's "
+                "encode_prompts(pipe, prompts, height=..., width=..., num_frames=...)."
             ) from None
-
-    def split_state(self, pipe: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(video tokens, audio tokens) views of a state, e.g. for losses that ignore audio."""
-        layout = self.layout_of(pipe, x)
-        video, audio = x.split([layout.video_tokens, layout.audio_frames], dim=1)
-        return video, audio
-
-    def _sized_layout(self, pipe: Any, x: torch.Tensor, height: int, width: int, num_frames: int) -> LTX2Layout:
-        layout = self.layout(pipe, height, width, num_frames)
-        if x.shape[1] != layout.tokens:
-            raise ValueError(
-                f"An LTX-2 state for {height}x{width}, {num_frames} frames has {layout.tokens} tokens, got "
-                f"{x.shape[1]}: pass the size the state was created with."
-            )
-        return layout
-
-    def _record(self, pipe: Any, layout: LTX2Layout) -> None:
-        known = _LAYOUTS.setdefault(self._key(pipe, layout.tokens), layout)
-        if known != layout:
-            raise ValueError(
-                f"Two LTX-2 sizes give states of {layout.tokens} tokens ({known} and {layout}), which a (B, N, C) "
-                "state cannot tell apart: sample only one of these sizes in a process."
-            )
 
     # ---------------------------------------------------------------- loading
     def tiny_pipeline(self, seed: int = 0) -> LTX2Pipeline:
@@ -203,8 +180,13 @@ class LTX2Adapter(BackboneAdapter):
         return pipe
 
     # ---------------------------------------------------------------- generation steps
-    def encode_prompts(self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None) -> Conditioning:
-        """Gemma hidden states through the text connectors: one embedding per stream, one shared mask."""
+    def encode_prompts(
+        self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None, *, height: int, width: int,
+        num_frames: int = 1,
+    ) -> Conditioning:
+        """Gemma hidden states through the text connectors (one embedding per stream, one mask for both) and the
+        state layout of this size."""
+        layout = self.layout(pipe, height, width, num_frames)
         embeds, mask, _, _ = pipe.encode_prompt(
             prompt=prompts, do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
             device=pipe.transformer.device,
@@ -215,6 +197,7 @@ class LTX2Adapter(BackboneAdapter):
             "prompt_embeds": video_embeds,
             "audio_prompt_embeds": audio_embeds,
             "prompt_attention_mask": connector_mask,
+            "shared_layout": layout,
         }
 
     def initial_noise(
@@ -239,14 +222,15 @@ class LTX2Adapter(BackboneAdapter):
                 f"The LTX-2 state concatenates video and audio tokens, so both must be equally wide; this model has "
                 f"{video.shape[2]} video and {audio.shape[2]} audio features per token (the real LTX-2 has 128 each)."
             )
-        self._record(pipe, layout)
         return torch.cat([video, audio], dim=1).to(pipe.transformer.device)
 
-    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor) -> torch.Tensor:
+    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The pipeline's grid: linspace(1, 1/n), shifted by mu from the number of video tokens, then 0."""
+        layout = self.layout_of(cond)
+        layout.split(x)  # refuses a state of another size, which would get another grid
         config = pipe.scheduler.config
         mu = calculate_shift(
-            self.layout_of(pipe, x).video_tokens,
+            layout.video_tokens,
             config.get("base_image_seq_len", 1024), config.get("max_image_seq_len", 4096),
             config.get("base_shift", 0.95), config.get("max_shift", 2.05),
         )
@@ -256,8 +240,8 @@ class LTX2Adapter(BackboneAdapter):
     def predict_velocity(
         self, pipe: Any, transformer: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
-        layout = self.layout_of(pipe, x)
-        video, audio = self.split_state(pipe, x)
+        layout = self.layout_of(cond)
+        video, audio = layout.split(x)
         dtype = transformer.dtype
         # the pipeline passes scheduler timesteps (sigma x num_train_timesteps) as both timestep and sigma
         timestep = (sigma * pipe.scheduler.config.num_train_timesteps).to(dtype)
@@ -274,7 +258,7 @@ class LTX2Adapter(BackboneAdapter):
             num_frames=layout.latent_frames,
             height=layout.latent_height,
             width=layout.latent_width,
-            fps=self.frame_rate,
+            fps=layout.frame_rate,
             audio_num_frames=layout.audio_frames,
             use_cross_timestep=True,
             return_dict=False,
@@ -283,10 +267,10 @@ class LTX2Adapter(BackboneAdapter):
 
     def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
         """Video part -> frames (B, T, 3, H, W) in [0, 1]; the audio part is ignored (see `decode_audio`)."""
-        layout = self._sized_layout(pipe, x0, height, width, num_frames)
+        layout = self.layout(pipe, height, width, num_frames)
         vae = pipe.vae
         latents = pipe._unpack_latents(
-            x0[:, : layout.video_tokens], layout.latent_frames, layout.latent_height, layout.latent_width,
+            layout.split(x0)[0], layout.latent_frames, layout.latent_height, layout.latent_width,
             pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size,
         )
         latents = pipe._denormalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
@@ -299,11 +283,9 @@ class LTX2Adapter(BackboneAdapter):
         self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1
     ) -> tuple[torch.Tensor, int]:
         """Audio part -> waveform (B, channels, samples) and its sample rate, for rewards that score audio."""
-        layout = self._sized_layout(pipe, x0, height, width, num_frames)
+        layout = self.layout(pipe, height, width, num_frames)
         audio_vae = pipe.audio_vae
-        latents = pipe._denormalize_audio_latents(
-            x0[:, layout.video_tokens : layout.tokens], audio_vae.latents_mean, audio_vae.latents_std
-        )
+        latents = pipe._denormalize_audio_latents(layout.split(x0)[1], audio_vae.latents_mean, audio_vae.latents_std)
         mel_bins = audio_vae.config.mel_bins // pipe.audio_vae_mel_compression_ratio
         latents = pipe._unpack_audio_latents(latents, layout.audio_frames, num_mel_bins=mel_bins)
         mel = audio_vae.decode(latents.to(audio_vae.dtype), return_dict=False)[0]

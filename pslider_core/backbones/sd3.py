@@ -10,7 +10,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from . import register_backbone
-from .base import BackboneAdapter, Conditioning
+from .base import BackboneAdapter, Conditioning, vae_decode_images
 from .tiny_text import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 
@@ -70,7 +70,10 @@ class SD3Adapter(BackboneAdapter):
             component.eval()
         return pipe
 
-    def encode_prompts(self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None) -> Conditioning:
+    def encode_prompts(
+        self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None, *, height: int, width: int,
+        num_frames: int = 1,
+    ) -> Conditioning:
         embeds, _, pooled, _ = pipe.encode_prompt(
             prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False,
             device=pipe.transformer.device, max_sequence_length=self.max_sequence_length,
@@ -84,7 +87,7 @@ class SD3Adapter(BackboneAdapter):
         shape = (batch, pipe.transformer.config.in_channels, height // f, width // f)
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.transformer.device)
 
-    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor) -> torch.Tensor:
+    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         pipe.scheduler.set_timesteps(num_steps, device=x.device)
         return pipe.scheduler.sigmas.to(torch.float32)
 
@@ -101,7 +104,4 @@ class SD3Adapter(BackboneAdapter):
         )[0].to(x.dtype)
 
     def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
-        vae = pipe.vae
-        latents = x0 / vae.config.scaling_factor + vae.config.shift_factor
-        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        return vae_decode_images(pipe.vae, x0)

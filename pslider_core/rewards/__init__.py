@@ -8,7 +8,7 @@ See docs/rewards.md for every built-in reward and the spec syntax.
 """
 
 from . import aesthetic, clip, fidelity, image_stats, judge, video  # noqa: F401  (register the built-ins)
-from .base import FunctionReward, ModelReward, Reward, RewardBatch
+from .base import FunctionReward, ModelReward, NonFiniteScoreError, Reward, RewardBatch
 from .hf import clear_model_cache
 from .registry import ENTRY_POINT_GROUP, UnknownRewardError, get_reward, list_rewards, register_reward
 from .spec import format_spec, parse_reward_list, parse_spec
@@ -17,6 +17,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "FunctionReward",
     "ModelReward",
+    "NonFiniteScoreError",
     "Reward",
     "RewardBatch",
     "UnknownRewardError",

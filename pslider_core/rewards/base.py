@@ -105,13 +105,17 @@ class RewardBatch:
         )
 
 
+class NonFiniteScoreError(ValueError):
+    """A reward returned NaN or inf: the trainer skips that step instead of stopping."""
+
+
 class Reward:
     """Base class: subclasses set the class attributes and implement `score`.
 
     Calling a reward validates the batch, runs `score` under `torch.no_grad()` in chunks of `batch_size`
     and returns a float32 CPU tensor of shape (N,). An image reward given a video batch scores every frame
-    and averages over time. Model-based rewards load their models on the first call (or `load()`) and keep
-    them; `to()` picks the device and dtype.
+    and averages over time (rewards that need video or audio see whole clips). Model-based rewards load their
+    models on the first call (or `load()`) and keep them; `to()` picks the device and dtype.
     """
 
     name: str = ""
@@ -158,7 +162,7 @@ class Reward:
             raise ValueError(
                 f"reward '{self.name}' scores videos: pass images as (N,T,3,H,W), got {tuple(batch.images.shape)}"
             )
-        if batch.is_video and not self.needs_video:
+        if batch.is_video and not (self.needs_video or self.needs_audio):  # sound belongs to the whole clip
             frames = batch.frames()
             return self._score_in_chunks(frames).view(len(batch), -1).mean(dim=1)
         return self._score_in_chunks(batch)
@@ -178,7 +182,7 @@ class Reward:
                 "score() must return one float per sample"
             )
         if not torch.isfinite(scores).all():
-            raise ValueError(f"reward '{self.name}' returned non-finite scores {scores.tolist()}")
+            raise NonFiniteScoreError(f"reward '{self.name}' returned non-finite scores {scores.tolist()}")
         return scores
 
     def __repr__(self) -> str:
