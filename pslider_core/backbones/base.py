@@ -10,7 +10,9 @@ import os
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import nn
 
 from ..conditioning import matching_modules, preference_conditioning
@@ -152,3 +154,18 @@ def vae_decode_images(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     latents = latents / vae.config.scaling_factor + vae.config.shift_factor
     images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
     return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def shifted_sigma_grid(
+    scheduler: Any, num_steps: int, seq_len: int, device: torch.device, defaults: tuple[int, int, float, float]
+) -> torch.Tensor:
+    """Flux-style pipelines' grid: linspace(1, 1/n) shifted by mu(seq_len), then 0.
+
+    `defaults` are the pipeline's fallbacks for (base_image_seq_len, max_image_seq_len, base_shift, max_shift)
+    when the scheduler config lacks them.
+    """
+    config = scheduler.config
+    keys = ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift")
+    mu = calculate_shift(seq_len, *(config.get(key, default) for key, default in zip(keys, defaults)))
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), device=device, mu=mu)
+    return scheduler.sigmas.to(torch.float32)

@@ -10,16 +10,14 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
-from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from . import register_backbone
-from .base import BackboneAdapter, Conditioning, vae_decode_images
-from .tiny_text import tiny_clip_tokenizer, tiny_t5_tokenizer
+from .base import BackboneAdapter, Conditioning, shifted_sigma_grid, vae_decode_images
+from .tiny import tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
 
 # position of `img_ids` among the transformer's positional arguments (hooks may see either form)
 _IMG_IDS_POSITION = list(inspect.signature(FluxTransformer2DModel.forward).parameters).index("img_ids") - 1
@@ -78,16 +76,8 @@ class FluxKontextAdapter(BackboneAdapter):
             )
         )
         tokenizer_2 = tiny_t5_tokenizer()
-        text_encoder_2 = T5EncoderModel(
-            T5Config(vocab_size=len(tokenizer_2), d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=4,
-                     relative_attention_num_buckets=8, dropout_rate=0.0)
-        )
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-            norm_num_groups=4, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
-            shift_factor=0.1159, scaling_factor=0.3611,
-        )
+        text_encoder_2 = tiny_t5_encoder(tokenizer_2)
+        vae = tiny_vae(latent_channels=4, shift_factor=0.1159, scaling_factor=0.3611)
         scheduler = FlowMatchEulerDiscreteScheduler(
             shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
             max_image_seq_len=4096,
@@ -137,14 +127,8 @@ class FluxKontextAdapter(BackboneAdapter):
 
     def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The pipeline's grid: linspace(1, 1/n), shifted by mu from the number of target tokens (x's shape), then 0."""
-        config = pipe.scheduler.config
-        mu = calculate_shift(
-            (x.shape[2] // 2) * (x.shape[3] // 2),
-            config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5), config.get("max_shift", 1.15),
-        )
-        pipe.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), device=x.device, mu=mu)
-        return pipe.scheduler.sigmas.to(torch.float32)
+        seq_len = (x.shape[2] // 2) * (x.shape[3] // 2)
+        return shifted_sigma_grid(pipe.scheduler, num_steps, seq_len, x.device, (256, 4096, 0.5, 1.15))
 
     def predict_velocity(
         self, pipe: Any, transformer: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from diffusers import (
     AutoencoderKLLTX2Audio,
@@ -26,14 +25,13 @@ from diffusers import (
     LTX2VideoTransformer3DModel,
 )
 from diffusers.pipelines.ltx2 import LTX2TextConnectors
-from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift
 from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
 from torch import nn
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
 from . import register_backbone
-from .base import BackboneAdapter, Conditioning
-from .tiny_text import tiny_gemma_tokenizer
+from .base import BackboneAdapter, Conditioning, shifted_sigma_grid
+from .tiny import tiny_gemma_tokenizer
 
 
 @dataclass(frozen=True)
@@ -228,14 +226,7 @@ class LTX2Adapter(BackboneAdapter):
         """The pipeline's grid: linspace(1, 1/n), shifted by mu from the number of video tokens, then 0."""
         layout = self.layout_of(cond)
         layout.split(x)  # refuses a state of another size, which would get another grid
-        config = pipe.scheduler.config
-        mu = calculate_shift(
-            layout.video_tokens,
-            config.get("base_image_seq_len", 1024), config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.95), config.get("max_shift", 2.05),
-        )
-        pipe.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), device=x.device, mu=mu)
-        return pipe.scheduler.sigmas.to(torch.float32)
+        return shifted_sigma_grid(pipe.scheduler, num_steps, layout.video_tokens, x.device, (1024, 4096, 0.95, 2.05))
 
     def predict_velocity(
         self, pipe: Any, transformer: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning

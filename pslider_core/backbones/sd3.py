@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from . import register_backbone
 from .base import BackboneAdapter, Conditioning, vae_decode_images
-from .tiny_text import tiny_clip_tokenizer, tiny_t5_tokenizer
+from .tiny import tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
 
 
 @register_backbone
@@ -51,16 +51,8 @@ class SD3Adapter(BackboneAdapter):
         text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg))
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg))
         tokenizer_3 = tiny_t5_tokenizer()
-        text_encoder_3 = T5EncoderModel(
-            T5Config(vocab_size=len(tokenizer_3), d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=4,
-                     relative_attention_num_buckets=8, dropout_rate=0.0)
-        )
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16), layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-            norm_num_groups=4, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
-            shift_factor=0.0609, scaling_factor=1.5305,
-        )
+        text_encoder_3 = tiny_t5_encoder(tokenizer_3)
+        vae = tiny_vae(latent_channels=16, shift_factor=0.0609, scaling_factor=1.5305)
         pipe = StableDiffusion3Pipeline(
             transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
             text_encoder=text_encoder, tokenizer=tiny_clip_tokenizer(), text_encoder_2=text_encoder_2,

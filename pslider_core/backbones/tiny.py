@@ -1,8 +1,10 @@
-"""Tokenizers built from in-memory vocabularies, so tiny pipelines need no download (tests and demos)."""
+"""Building blocks of the tiny pipelines (tests and demos): tokenizers from in-memory vocabularies, a tiny T5
+encoder and a tiny VAE, all built from configs with no download."""
 
 from __future__ import annotations
 
-from transformers import CLIPTokenizer, GemmaTokenizer, T5Tokenizer
+from diffusers import AutoencoderKL
+from transformers import CLIPTokenizer, GemmaTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 _PRINTABLE = [chr(c) for c in range(32, 127)]
@@ -31,3 +33,21 @@ def tiny_gemma_tokenizer(max_length: int = 32) -> GemmaTokenizer:
     for c in _PRINTABLE + ["\u2581"]:
         vocab.setdefault(c, len(vocab))
     return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def tiny_t5_encoder(tokenizer: T5Tokenizer, d_model: int = 32) -> T5EncoderModel:
+    """One-layer T5 encoder over `tokenizer`'s vocabulary; dropout off so outputs are deterministic."""
+    return T5EncoderModel(
+        T5Config(vocab_size=len(tokenizer), d_model=d_model, d_ff=2 * d_model, d_kv=8, num_layers=1, num_heads=4,
+                 relative_attention_num_buckets=8, dropout_rate=0.0)
+    )
+
+
+def tiny_vae(latent_channels: int, shift_factor: float, scaling_factor: float) -> AutoencoderKL:
+    """Two-level AutoencoderKL (vae_scale_factor 2) with the real model's latent statistics."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=shift_factor, scaling_factor=scaling_factor,
+    )
