@@ -89,8 +89,9 @@ def save_pareto_slider(path: str | os.PathLike, data: ParetoSliderFile) -> Path:
     return path
 
 
-def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The ParetoSlider metadata alone (cheap: reads the safetensors header, no tensors)."""
+def read_header(path: str | os.PathLike, expected_backbone: str | None = None) -> dict[str, Any]:
+    """The ParetoSlider metadata alone (cheap: reads the safetensors header, no tensors), checked to be for
+    `expected_backbone` when given, so a wrong file fails before any model loads."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No ParetoSlider file at {str(path)!r}; check the path.")
@@ -118,6 +119,12 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ParetoSliderFileError(f"{path.name}: the '{METADATA_KEY}' metadata is not valid JSON ({err}).") from None
     _check_metadata(meta, path.name)
+    if expected_backbone is not None and meta["backbone"] != expected_backbone:
+        raise ParetoSliderFileError(
+            f"{path.name} was trained for backbone {meta['backbone']!r}, not {expected_backbone!r}: use it with a "
+            f"{meta['backbone']} base model (--backbone {meta['backbone']}), or pick a file trained on "
+            f"{expected_backbone}."
+        )
     return meta
 
 
@@ -143,12 +150,7 @@ def _check_metadata(meta: dict[str, Any], name: str) -> None:
 def load_pareto_slider(path: str | os.PathLike, expected_backbone: str | None = None) -> ParetoSliderFile:
     """Read and validate a file; every failure is a `ParetoSliderFileError` (or FileNotFoundError) saying why."""
     path = Path(path)
-    meta = read_header(path)
-    if expected_backbone is not None and meta["backbone"] != expected_backbone:
-        raise ParetoSliderFileError(
-            f"{path.name} was trained for backbone {meta['backbone']!r} but is applied to a {expected_backbone!r} "
-            f"model; use it with a {meta['backbone']} base model."
-        )
+    meta = read_header(path, expected_backbone)
     try:
         with safe_open(str(path), framework="pt") as handle:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}

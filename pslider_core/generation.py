@@ -75,12 +75,7 @@ def checkpoint_kind(training: Mapping[str, Any]) -> str:
 def describe_checkpoint(path: str | os.PathLike, backbone: str | None = None) -> CheckpointInfo:
     """Read and check a file's header; a file for another backbone fails here, before any model loads."""
     path = Path(path)
-    meta = read_header(path)
-    if backbone is not None and meta["backbone"] != backbone:
-        raise ParetoSliderFileError(
-            f"{path.name} was trained for backbone {meta['backbone']!r}, not {backbone!r}: pass --backbone "
-            f"{meta['backbone']} with a {meta['backbone']} base model, or a checkpoint trained on {backbone}."
-        )
+    meta = read_header(path, backbone)
     training = dict(meta.get("training") or {})
     try:
         spec = PreferenceSpec(tuple(meta["reward_names"]), tuple(meta.get("reward_descriptions") or ()))

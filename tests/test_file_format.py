@@ -193,7 +193,7 @@ def test_other_base_model_is_refused(good_file):
 
 
 def test_other_backbone_is_refused(good_file):
-    with pytest.raises(ParetoSliderFileError, match="trained for backbone 'sd3' but is applied to a 'ltx2'"):
+    with pytest.raises(ParetoSliderFileError, match="trained for backbone 'sd3', not 'ltx2'"):
         load_pareto_slider(good_file, expected_backbone="ltx2")
 
 
