@@ -8,6 +8,7 @@ See docs/rewards.md for every built-in reward and the spec syntax.
 """
 
 from . import aesthetic, clip, fidelity, image_stats, judge, video  # noqa: F401  (register the built-ins)
+from ..toy import rewards as toy_rewards  # noqa: F401  (the toy world's rewards: toy_color, toy_sketch, toy_size)
 from .base import FunctionReward, ModelReward, NonFiniteScoreError, Reward, RewardBatch
 from .hf import clear_model_cache
 from .registry import ENTRY_POINT_GROUP, UnknownRewardError, get_reward, list_rewards, register_reward

@@ -1,0 +1,78 @@
+"""The toy world's backbone: a tiny SD3 transformer on 32x32 pixels with a learned word-embedding text encoder.
+
+It is an SD3 transformer, so the hook points, LoRA layout and velocity call are SD3's; only loading, the text
+side and the (absent) VAE differ. The shipped pretrained base is the embedded default of the demo.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..toy.base_model import BASE_DIR, build_toy_base, load_toy_base, save_toy_base
+from ..toy.pipeline import sigma_grid, to_images
+from ..toy.text_encoder import ToyTextEncoder, ToyTokenizer
+from . import register_backbone
+from .base import Conditioning
+from .sd3 import SD3Adapter
+
+
+@dataclass
+class ToyPipeline:
+    """The toy base's components with diffusers-style `from_pretrained` / `save_pretrained`."""
+
+    transformer: Any
+    text_encoder: ToyTextEncoder
+    tokenizer: ToyTokenizer
+    info: dict
+
+    @classmethod
+    def from_pretrained(cls, base: str | os.PathLike | None = None, torch_dtype: torch.dtype | None = None):
+        return cls(*load_toy_base(base, torch_dtype=torch_dtype or torch.float32))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        save_toy_base(directory, self.transformer, self.text_encoder, self.tokenizer, self.info, torch.float32)
+
+
+@register_backbone
+class ToyAdapter(SD3Adapter):
+    name: ClassVar[str] = "toy"
+    description: ClassVar[str] = "Toy world: tiny SD3 on 32x32 pixels (shapes and colours), for demos and benchmarks"
+    default_base: ClassVar[str] = str(BASE_DIR)
+    pipeline_class: ClassVar[type] = ToyPipeline
+
+    def load_pipeline(self, base: str | os.PathLike | None, torch_dtype: torch.dtype | None = None) -> ToyPipeline:
+        return ToyPipeline.from_pretrained(base, torch_dtype)
+
+    def load_transformer(self, base: str | os.PathLike | None, torch_dtype: torch.dtype | None = None):
+        return self.load_pipeline(base, torch_dtype).transformer
+
+    def tiny_pipeline(self, seed: int = 0) -> ToyPipeline:
+        torch.manual_seed(seed)
+        transformer, text_encoder, tokenizer = build_toy_base(hidden=32, head_dim=16, layers=2, text_dim=16)
+        return ToyPipeline(transformer.eval(), text_encoder.eval(), tokenizer, {"pretrained": False})
+
+    def encode_prompts(
+        self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None, *, height: int, width: int,
+        num_frames: int = 1,
+    ) -> Conditioning:
+        embeds, pooled = pipe.text_encoder.encode(prompts)
+        return {"prompt_embeds": embeds, "pooled_projections": pooled}
+
+    def initial_noise(
+        self, pipe: Any, batch: int, height: int, width: int, generator: torch.Generator, num_frames: int = 1
+    ) -> torch.Tensor:
+        size = pipe.transformer.config.sample_size
+        if (height, width) != (size, size):
+            raise ValueError(f"The toy base draws {size}x{size} images; got {height}x{width}. Use --resolution {size}.")
+        noise = torch.randn((batch, pipe.transformer.config.in_channels, size, size), generator=generator)
+        return noise.to(pipe.transformer.device)
+
+    def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return sigma_grid(num_steps).to(x.device)
+
+    def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
+        return to_images(x0.float())
