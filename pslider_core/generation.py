@@ -24,11 +24,11 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from torch import nn
 
-from .backbones import BackboneAdapter
+from .backbones import BackboneAdapter, Conditioning
 from .file_format import ParetoSliderFileError, read_header
 from .preference import PreferenceSpec
 from .rewards.image_stats import to_uint8
-from .samplers import ode_sample
+from .samplers import VelocityFn, guided_velocity, ode_sample
 from .slider import ParetoSlider
 
 PARETO_SLIDER, FIXED_WEIGHTS, BASE = "pareto_slider", "fixed_weights", "base"  # the evaluation's method kinds
@@ -225,12 +225,10 @@ def _generate_batch(
     ])
     sigmas = adapter.sigmas(pipe, num_steps, noise, cond)
 
-    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        v = adapter.predict_velocity(pipe, transformer, x, sigma, cond)
-        if uncond is None:
-            return v
-        v_uncond = adapter.predict_velocity(pipe, transformer, x, sigma, uncond)
-        return v_uncond + guidance_scale * (v - v_uncond)
+    def predictor(c: Conditioning) -> VelocityFn:
+        return lambda x, sigma: adapter.predict_velocity(pipe, transformer, x, sigma, c)
+
+    velocity = guided_velocity(predictor(cond), predictor(uncond) if uncond is not None else None, guidance_scale)
 
     with slider.condition(w) if w is not None else nullcontext():
         x0 = ode_sample(velocity, noise, sigmas, solver=solver)

@@ -14,6 +14,18 @@ from dataclasses import dataclass
 import torch
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def guided_velocity(cond: VelocityFn, uncond: VelocityFn | None, scale: float) -> VelocityFn:
+    """Classifier-free guidance: v_uncond + scale (v_cond - v_uncond); the conditional velocity alone without uncond."""
+    if uncond is None:
+        return cond
+
+    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        v_uncond = uncond(x, sigma)
+        return v_uncond + scale * (cond(x, sigma) - v_uncond)
+
+    return velocity
 """v = velocity_fn(x, sigma): x (B, ...), sigma (B,) -> v, same shape as x."""
 
 ODE_SOLVERS = ("euler", "dpm2")

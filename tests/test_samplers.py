@@ -246,3 +246,19 @@ def test_low_precision_model_keeps_float32_states():
     replay = sde_step(v, x, 0.5, 0.25, prev_sample=traj.latents[3])
     torch.testing.assert_close(replay.log_prob, traj.log_probs[2])
     assert ode_sample(gaussian_field, x1, grid).dtype == torch.bfloat16
+
+
+def test_guided_velocity_is_classifier_free_guidance():
+    from pslider_core.samplers import guided_velocity
+
+    x, sigma = torch.ones(2, 3), torch.full((2,), 0.5)
+
+    def cond(x, s):
+        return 2 * x
+
+    def uncond(x, s):
+        return x
+
+    torch.testing.assert_close(guided_velocity(cond, uncond, 3.0)(x, sigma), torch.full((2, 3), 4.0))
+    torch.testing.assert_close(guided_velocity(cond, uncond, 1.0)(x, sigma), cond(x, sigma))
+    assert guided_velocity(cond, None, 7.0) is cond

@@ -48,7 +48,15 @@ from pslider_core.objectives import (
 )
 from pslider_core.preference_sampling import preference_slots
 from pslider_core.rewards import NonFiniteScoreError, Reward, RewardBatch
-from pslider_core.samplers import ode_sample, sample_sde_window, sde_sample, sde_step, sde_transition
+from pslider_core.samplers import (
+    VelocityFn,
+    guided_velocity,
+    ode_sample,
+    sample_sde_window,
+    sde_sample,
+    sde_step,
+    sde_transition,
+)
 
 from .checkpoint import (
     Checkpoint,
@@ -365,17 +373,13 @@ class ParetoSliderTrainer:
             yield Chunk(samples, [item.prompt for item in items], sources, audio)
         bar.close()
 
-    def _velocity(self, cond: Conditioning, uncond: Conditioning | None, w: torch.Tensor, policy: str):
-        scale = self.config.guidance_scale
+    def _velocity(self, cond: Conditioning, uncond: Conditioning | None, w: torch.Tensor, policy: str) -> VelocityFn:
+        def predictor(c: Conditioning) -> VelocityFn:
+            return lambda x, sigma: self.model(x, sigma, c, w, policy)
 
-        def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            v = self.model(x, sigma, cond, w, policy)
-            if uncond is None:
-                return v
-            v_uncond = self.model(x, sigma, uncond, w, policy)
-            return v_uncond + scale * (v - v_uncond)
-
-        return velocity
+        return guided_velocity(
+            predictor(cond), predictor(uncond) if uncond is not None else None, self.config.guidance_scale
+        )
 
     def _sde_window(self, epoch: int) -> tuple[int, int]:
         """grpo steps that are stochastic and trained; "cps" skips the last step, whose std is zero."""
