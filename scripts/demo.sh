@@ -27,9 +27,9 @@ pslider-train --config "$here/trainer/configs/toy.toml" --prompts "$out/train.tx
     --output "$out/toy_slider.safetensors" ${PSLIDER_TRAIN_ARGS:-}
 
 echo "== sweeping the slider from (1,0) to (0,1) on held-out prompts, with the base model for comparison"
-# One torch thread (pslider-eval has no --num-threads; the toy model is fastest on one) and big batches.
+# One torch thread (the toy model is fastest on one) and big batches.
 # shellcheck disable=SC2086
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" pslider-eval --backbone toy --checkpoint "$out/toy_slider.safetensors" \
+pslider-eval --backbone toy --num-threads 1 --checkpoint "$out/toy_slider.safetensors" \
     --include-base --prompts "$out/heldout.txt" --grid 11 --seeds 0,1,2,3 --batch-size 64 --out "$out/eval" \
     ${PSLIDER_EVAL_ARGS:-}
 

@@ -276,3 +276,17 @@ def test_sample_cli_toy_backbone_with_a_saved_tiny_base(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(Path(p).name for p in result.stdout.split()) == [
         "a_red_circle_w0-1_seed0.png", "a_red_circle_w1-0_seed0.png"]
+
+
+def test_num_threads_option_sets_torch_threads_and_rejects_zero(sd3, tmp_path):
+    args = ["--backbone", "sd3", "--base", sd3["base"], "--checkpoint", sd3["slider"], "--prompt", "a red fox",
+            "--weights", "1,0", *FAST, "--out", tmp_path]
+    before = torch.get_num_threads()
+    try:
+        result = run([*args, "--num-threads", "2"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    bad = run([*args, "--num-threads", "0"])
+    assert bad.exit_code == 2 and "must be at least 1" in bad.output

@@ -46,6 +46,14 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 # ---------------------------------------------------------------------------------------------------- shared options
+def _set_num_threads(_ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+    if value is None:
+        return
+    if value < 1:
+        raise click.BadParameter(f"must be at least 1, got {value}.")
+    torch.set_num_threads(value)
+
+
 def sampling_options(command: Callable) -> Callable:
     """Backbone, base model, sampler and runtime options of pslider-sample and pslider-eval."""
     options = [
@@ -68,6 +76,8 @@ def sampling_options(command: Callable) -> Callable:
                      help="Weights dtype of the base model; auto = bfloat16 on GPU, float32 on CPU."),
         click.option("--video-format", type=click.Choice(VIDEO_FORMATS), default="mp4", show_default=True,
                      help="File format of videos (video backbones)."),
+        click.option("--num-threads", type=int, default=None, expose_value=False, callback=_set_num_threads,
+                     help="torch CPU threads [default: torch's choice]; 1 is fastest for tiny models."),
     ]
     for option in reversed(options):
         command = option(command)
