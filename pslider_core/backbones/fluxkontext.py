@@ -17,7 +17,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from . import register_backbone
 from .base import BackboneAdapter, Conditioning, shifted_sigma_grid, vae_decode_images
-from .tiny import tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
+from .tiny import eval_components, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
 
 # position of `img_ids` among the transformer's positional arguments (hooks may see either form)
 _IMG_IDS_POSITION = list(inspect.signature(FluxTransformer2DModel.forward).parameters).index("img_ids") - 1
@@ -86,9 +86,7 @@ class FluxKontextAdapter(BackboneAdapter):
             scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tiny_clip_tokenizer(),
             text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
         )
-        for component in (text_encoder, text_encoder_2, vae, transformer):
-            component.eval()
-        return pipe
+        return eval_components(pipe)
 
     def encode_prompts(
         self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None, *, height: int, width: int,

@@ -31,7 +31,7 @@ from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Tex
 
 from . import register_backbone
 from .base import BackboneAdapter, Conditioning, shifted_sigma_grid
-from .tiny import tiny_gemma_tokenizer
+from .tiny import eval_components, tiny_gemma_tokenizer
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,7 @@ class LTX2Adapter(BackboneAdapter):
             scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=text_encoder, tokenizer=tokenizer,
             connectors=connectors, transformer=transformer, vocoder=vocoder,
         )
-        for component in (text_encoder, connectors, transformer, vae, audio_vae, vocoder):
-            component.eval()
-        return pipe
+        return eval_components(pipe)
 
     # ---------------------------------------------------------------- generation steps
     def encode_prompts(

@@ -11,7 +11,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from . import register_backbone
 from .base import BackboneAdapter, Conditioning, vae_decode_images
-from .tiny import tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
+from .tiny import eval_components, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
 
 
 @register_backbone
@@ -58,9 +58,7 @@ class SD3Adapter(BackboneAdapter):
             text_encoder=text_encoder, tokenizer=tiny_clip_tokenizer(), text_encoder_2=text_encoder_2,
             tokenizer_2=tiny_clip_tokenizer(), text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
         )
-        for component in (text_encoder, text_encoder_2, text_encoder_3, vae, transformer):
-            component.eval()
-        return pipe
+        return eval_components(pipe)
 
     def encode_prompts(
         self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None, *, height: int, width: int,

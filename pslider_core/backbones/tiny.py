@@ -3,7 +3,10 @@ encoder and a tiny VAE, all built from configs with no download."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from diffusers import AutoencoderKL
+from torch import nn
 from transformers import CLIPTokenizer, GemmaTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -51,3 +54,11 @@ def tiny_vae(latent_channels: int, shift_factor: float, scaling_factor: float) -
         norm_num_groups=4, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
         shift_factor=shift_factor, scaling_factor=scaling_factor,
     )
+
+
+def eval_components(pipe: Any) -> Any:
+    """Put every model of a freshly built pipeline in eval mode (built from configs they start in train mode)."""
+    for component in pipe.components.values():
+        if isinstance(component, nn.Module):
+            component.eval()
+    return pipe
