@@ -52,6 +52,12 @@ class LoraSpec:
                    target_modules=targets if isinstance(targets, str) else tuple(targets))
 
 
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a parameter that FSDP2 may have sharded (a DTensor): gathering it is a collective, so
+    every process must ask for the same tensors in the same order. Plain tensors come back as they are."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def add_lora(transformer: nn.Module, spec: LoraSpec, adapter_name: str) -> None:
     """Add a fresh, trainable LoRA adapter (Gaussian A, zero B: the output is unchanged at first)."""
     transformer.add_adapter(spec.peft_config(), adapter_name=adapter_name)
@@ -65,7 +71,7 @@ def export_lora(transformer: nn.Module, spec: LoraSpec, adapter_name: str, key_p
         match = _LORA_KEY.match(key)
         if match is None:
             raise ValueError(f"Unexpected LoRA tensor {key!r}; only plain LoRA (no DoRA, no bias) is supported.")
-        value = tensor.detach().float().cpu()
+        value = full_tensor(tensor.detach()).float().cpu()
         out[key_prefix + key] = value * spec.scale if match["part"] == "B" else value.clone()
     return out
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from .backbones import BackboneAdapter, get_backbone
 from .file_format import ParetoSliderFile, ParetoSliderFileError, load_pareto_slider, save_pareto_slider
-from .lora import LoraSpec, add_lora, check_lora_fits, export_lora, load_lora, lora_modules
+from .lora import LoraSpec, add_lora, check_lora_fits, export_lora, full_tensor, load_lora, lora_modules
 from .modules import PreferenceModuleConfig, PreferenceModules
 from .preference import PreferenceSpec
 
@@ -100,6 +100,7 @@ class ParetoSlider:
         yield from self.modules.parameters()
 
     def to_file(self, training: dict[str, Any] | None = None) -> ParetoSliderFile:
+        """Whole tensors on the CPU; with FSDP2-sharded weights every process must call it (it gathers them)."""
         lora_state = (
             export_lora(self.transformer, self.lora, self.adapter_name, self.adapter.lora_key_prefix)
             if self.lora is not None else {}
@@ -107,7 +108,7 @@ class ParetoSlider:
         return ParetoSliderFile(
             backbone=self.adapter.name, base_model=self.base_model, spec=self.spec,
             module_config=self.modules.config,
-            module_state={k: v.detach().float().cpu() for k, v in self.modules.state_dict().items()},
+            module_state={k: full_tensor(v.detach()).float().cpu() for k, v in self.modules.state_dict().items()},
             lora=self.lora, lora_state=lora_state, training=dict(training or {}),
         )
 

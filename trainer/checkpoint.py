@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from pslider_core.lora import full_tensor
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -170,6 +173,36 @@ def check_fresh(root: str | os.PathLike) -> None:
             f"{root} already holds checkpoints of a run; pass --resume {root} to continue it, or pick another "
             "--checkpoint-dir (or --output) for a new run."
         )
+
+
+# ---------------------------------------------------------------------- sharded (FSDP2) tensors
+def gathered(tensors: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+    """Whole CPU copies of tensors that FSDP2 may have sharded. A collective: every process calls it with the same
+    tensors in the same order; only a process that will write them (`keep`) holds the copies."""
+    out = {}
+    for name, tensor in tensors.items():
+        whole = full_tensor(tensor.detach())
+        if keep:
+            out[name] = whole.cpu()
+    return out
+
+
+def shard_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A whole tensor read from a checkpoint, cut as `like` is: this process's shard of a DTensor, else whole.
+    Every process reads the file, so no data moves between processes."""
+    if not isinstance(like, DTensor):
+        return value
+    return distribute_tensor(value.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def shard_optimizer_state(state_dict: dict[str, Any], params: list[torch.Tensor]) -> dict[str, Any]:
+    """Per-element optimizer state (Adam's moments: shaped like the parameter) cut like its parameter, in place;
+    `params` in the optimizer's order (its state's indices)."""
+    for index, values in state_dict["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.shape == params[index].shape:
+                values[key] = shard_like(value, params[index])
+    return state_dict
 
 
 # ---------------------------------------------------------------------- optimizer state

@@ -6,6 +6,10 @@
 
 Every random draw comes from a generator seeded by (run seed, stage, epoch, ...), so a resumed run repeats exactly
 what an uninterrupted one would have done, and rollouts do not depend on the number of processes.
+
+Several processes run data parallel (DDP through `accelerate.prepare`) or, under an FSDP version 2 accelerate config,
+with the transformer sharded (`shard_policies`): parameters are then DTensors, gathered whole for the output file and
+checkpoints, which are the same files either way.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import math
 import os
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,7 +29,14 @@ from typing import Any, Iterator
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.utils import (
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    gather_object,
+    parse_flag_from_env,
+    set_seed,
+)
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
 from tqdm.auto import tqdm
 
 from pslider_core import LoraSpec, ParetoSlider
@@ -37,6 +48,8 @@ from pslider_core.advantages import (
 )
 from pslider_core.backbones import Conditioning, select_conditioning
 from pslider_core.ema import EMA
+from pslider_core.file_format import save_pareto_slider
+from pslider_core.lora import full_tensor
 from pslider_core.objectives import (
     GRPOConfig,
     NFTConfig,
@@ -61,16 +74,19 @@ from pslider_core.samplers import (
 from .checkpoint import (
     Checkpoint,
     check_resume,
+    gathered,
     optimizer_from_tensors,
     optimizer_to_tensors,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    shard_like,
+    shard_optimizer_state,
 )
 from .config import TrainConfig
 from .data import InputError, PromptItem, TrainInputs, load_sources, validate_inputs
 from .metrics import MetricsLogger, format_summary, reward_metrics
-from .policies import CURRENT, OLD, REFERENCE, Policies
+from .policies import CURRENT, OLD, REFERENCE, Policies, shard_policies
 
 logger = logging.getLogger("pslider.train")
 
@@ -145,18 +161,13 @@ class ParetoSliderTrainer:
         # accelerate keeps one state per process; a process may train several times (tests, notebooks,
         # benchmarks) with other settings, so each trainer starts from a fresh one (the process group stays)
         AcceleratorState._reset_state(reset_partial_state=False)
+        check_fsdp_version()
         self.accelerator = Accelerator(
             cpu=config.device == "cpu", mixed_precision=config.mixed_precision,
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         )
         self._check_world_size()
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            raise InputError(
-                "pslider-train does not support FSDP yet: exporting the ParetoSlider file and resumable checkpoints "
-                "from sharded LoRA and optimizer tensors is not implemented. Use data parallel training "
-                "(trainer/configs/accelerate_multi_gpu.yaml) with --mixed-precision bf16 --gradient-checkpointing; "
-                "see docs/training.md."
-            )
+        self.fsdp = self._fsdp_plugin()
         set_seed(config.seed)
         self.pipe, self.base_model = self._load_pipeline()
         lora = LoraSpec(config.lora_rank, config.lora_alpha, self.adapter.lora_target_modules)
@@ -168,17 +179,16 @@ class ParetoSliderTrainer:
         self.policies = Policies(
             self.slider, self.adapter, self.pipe, conditioned=not config.is_baseline,
             with_old=config.objective == "nft",
+            autocast=self.accelerator.autocast if self.fsdp is not None else nullcontext,
         )
-        groups = [{"params": self.policies.lora_parameters, "lr": config.lr}]
-        if self.policies.module_parameters:
-            groups.append({"params": self.policies.module_parameters, "lr": config.lr * config.pref_lr_mult})
-        optimizer = torch.optim.AdamW(
-            groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
-            weight_decay=config.weight_decay,
-        )
-        with warnings.catch_warnings():  # torch renamed broadcast_buffers; accelerate only passes the old name
-            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
-            self.model, self.optimizer = self.accelerator.prepare(self.policies, optimizer)
+        if self.fsdp is not None:  # shard first: the optimizer must hold the sharded parameters
+            blocks = self.fsdp.transformer_cls_names_to_wrap or self.adapter.fsdp_block_classes
+            self.model = shard_policies(self.policies, blocks, self.accelerator.device)
+            self.optimizer = self._new_optimizer()
+        else:
+            with warnings.catch_warnings():  # torch renamed broadcast_buffers; accelerate only passes the old name
+                warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+                self.model, self.optimizer = self.accelerator.prepare(self.policies, self._new_optimizer())
         self.ema = EMA(self.policies.trainable, config.ema_max_decay) if config.ema else None
         reward_device = config.reward_device or self.accelerator.device
         self.rewards: list[Reward] = [r.to(reward_device) for r in self.inputs.rewards]
@@ -211,6 +221,32 @@ class ParetoSliderTrainer:
                 "share evenly; change --prompts-per-epoch or --images-per-prompt, or the number of processes."
             )
 
+    def _fsdp_plugin(self) -> FullyShardedDataParallelPlugin | None:
+        """The accelerate config's FSDP settings, checked; None for data parallel or one process.
+
+        accelerate runs an FSDP config on CPU as data parallel (it shards on accelerators only); pslider-train
+        shards the model itself, so it reads the same settings there and shards over gloo too.
+        """
+        accelerator = self.accelerator
+        if accelerator.distributed_type == DistributedType.FSDP:
+            plugin = accelerator.state.fsdp_plugin
+        elif accelerator.distributed_type == DistributedType.MULTI_CPU and parse_flag_from_env("ACCELERATE_USE_FSDP"):
+            plugin = FullyShardedDataParallelPlugin()  # the same settings, read from the same environment
+        else:
+            return None
+        check_fsdp_settings(plugin, self.config.mixed_precision)
+        return plugin
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        config = self.config
+        groups = [{"params": self.policies.lora_parameters, "lr": config.lr}]
+        if self.policies.module_parameters:
+            groups.append({"params": self.policies.module_parameters, "lr": config.lr * config.pref_lr_mult})
+        return torch.optim.AdamW(
+            groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
+
     def _load_pipeline(self) -> tuple[Any, str]:
         config, adapter = self.config, self.adapter
         base = config.base
@@ -226,7 +262,9 @@ class ParetoSliderTrainer:
         pipe = adapter.load_pipeline(base, torch_dtype=WEIGHT_DTYPES[config.mixed_precision])
         for component in vars(pipe).values():  # diffusers pipelines and plain component holders alike
             if isinstance(component, torch.nn.Module):
-                component.to(self.accelerator.device).requires_grad_(False).eval()
+                component.requires_grad_(False).eval()
+                if self.fsdp is None or component is not pipe.transformer:  # FSDP moves only its shard there
+                    component.to(self.accelerator.device)
         if config.gradient_checkpointing:
             pipe.transformer.enable_gradient_checkpointing()
         return pipe, base
@@ -445,7 +483,7 @@ class ParetoSliderTrainer:
             jobs = [(mb, j) for mb in part.split(config.batch_size) for j in range(num_passes)]
             for count, (mb, j) in enumerate(jobs):
                 last = count == len(jobs) - 1
-                with nullcontext() if last else self.accelerator.no_sync(self.model):
+                with nullcontext() if last else self._no_sync():
                     loss, info = self.compute_loss(
                         plan, rollouts, data, passes, mb, j, model_w[mb], weight[mb].to(device)
                     )
@@ -465,6 +503,12 @@ class ParetoSliderTrainer:
         if norms:
             out["grad_norm"] = sum(norms) / len(norms)
         return out
+
+    def _no_sync(self) -> Any:
+        """Accumulate gradients without communication until the last micro-batch of an optimiser step."""
+        if isinstance(self.model, FSDPModule):
+            return _gradients_unsynced(self.model)
+        return self.accelerator.no_sync(self.model)
 
     def _passes(self, rollouts: Rollouts, epoch: int) -> torch.Tensor:
         """Per local sample, the grid steps it is trained at: (n, steps) indices into the sigma grid."""
@@ -523,7 +567,7 @@ class ParetoSliderTrainer:
         """Clip, check and step; a non-finite gradient norm (NaN/inf loss on any process) skips the step."""
         params = self.policies.trainable
         max_norm = self.config.max_grad_norm or math.inf
-        norm = float(self.accelerator.clip_grad_norm_(params, max_norm))
+        norm = float(full_tensor(self.accelerator.clip_grad_norm_(params, max_norm)))
         if not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             self._bad_step(f"epoch {self.epoch + 1}: the loss or its gradient is NaN/inf (grad norm {norm})")
@@ -569,35 +613,39 @@ class ParetoSliderTrainer:
         return tensors
 
     def save_checkpoint(self) -> None:
+        """Whole tensors (gathered by every process under FSDP), written atomically by the main process."""
         rng = gather_object([rng_state()])
-        if self.accelerator.is_main_process:
-            opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer.state_dict())
+        main = self.accelerator.is_main_process
+        tensors = {group: gathered(named, main) for group, named in self._named_state().items()}
+        opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer.state_dict())
+        tensors["optimizer"] = gathered(opt_tensors, main)
+        if main:
             state = {
                 "epoch": self.epoch, "step": self.step, "skipped": self.skipped, "bad_in_a_row": self.bad_in_a_row,
                 "fingerprint": self.config.fingerprint(), "config_fields": self.config.fingerprint_fields(),
                 "optimizer": opt_meta, "rng": rng, "history": self.history,
             }
-            save_checkpoint(
-                self.config.checkpoint_path(), self.epoch, {**self._named_state(), "optimizer": opt_tensors}, state,
-                self.config.keep_checkpoints,
-            )
+            save_checkpoint(self.config.checkpoint_path(), self.epoch, tensors, state, self.config.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
     def _restore(self, checkpoint: Checkpoint) -> None:
+        """Every process reads the whole tensors and keeps its shard of them (all of them without FSDP)."""
         state = checkpoint.state
         with torch.no_grad():
             for group, named in self._named_state().items():
                 saved = checkpoint.tensors(group)
                 if group == "ema":
-                    self.ema.load_state_dict(saved)
+                    self.ema.load_state_dict({k: shard_like(v, named.get(k, v)) for k, v in saved.items()})
                     continue
                 missing = sorted(set(named) - set(saved))
                 if missing:
                     raise InputError(f"Checkpoint {checkpoint.path} lacks {group} tensors {missing[:3]}; resume from "
                                      "another checkpoint.")
                 for name, param in named.items():
-                    param.copy_(saved[name])
-        self.optimizer.load_state_dict(optimizer_from_tensors(checkpoint.tensors("optimizer"), state["optimizer"]))
+                    param.copy_(shard_like(saved[name], param))
+        optimizer_state = optimizer_from_tensors(checkpoint.tensors("optimizer"), state["optimizer"])
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.optimizer.load_state_dict(shard_optimizer_state(optimizer_state, params))
         self.epoch, self.step, self.skipped = state["epoch"], state["step"], state["skipped"]
         self.bad_in_a_row, self.history = state["bad_in_a_row"], state["history"]
         if len(state["rng"]) == self.accelerator.num_processes:
@@ -605,8 +653,9 @@ class ParetoSliderTrainer:
         logger.info("Resumed from %s after epoch %d (step %d).", checkpoint.path, self.epoch, self.step)
 
     def _check_replicas(self) -> None:
-        """Every process must hold the same weights after training (gradients were synchronised)."""
-        total = torch.stack([p.detach().double().sum() for p in self.policies.trainable]).sum()
+        """Every process must hold the same weights after training (gradients were synchronised); under FSDP each
+        holds a shard, and the sums are over the whole tensors."""
+        total = torch.stack([full_tensor(p.detach().double().sum()) for p in self.policies.trainable]).sum()
         sums = self.accelerator.gather(total.reshape(1).to(self.accelerator.device))
         if not torch.equal(sums, sums[:1].expand_as(sums)):
             raise RuntimeError(f"Processes ended with different weights (checksums {sums.tolist()}).")
@@ -625,19 +674,18 @@ class ParetoSliderTrainer:
             "seed": config.seed,
             "ema": config.ema,
             "processes": self.accelerator.num_processes,
+            "fsdp": self.fsdp is not None,
             "preference_mixture": None if config.is_baseline else self.inputs.mixture.to_text(),
             "config": config.to_dict(),
         }
 
     def save_output(self) -> Path:
-        """The ParetoSlider file, with the EMA weights when EMA is on."""
+        """The ParetoSlider file, with the EMA weights when EMA is on (every process gathers, the main one writes)."""
         path = self.config.output_path()
-        if self.accelerator.is_main_process:
-            if self.ema is not None:
-                with self.ema.swapped_in(self.policies.trainable):
-                    self.slider.save(path, training=self.training_metadata())
-            else:
-                self.slider.save(path, training=self.training_metadata())
+        with self.ema.swapped_in(self.policies.trainable) if self.ema is not None else nullcontext():
+            file = self.slider.to_file(self.training_metadata())  # may share storage with the weights: save here
+            if self.accelerator.is_main_process:
+                save_pareto_slider(path, file)
         self.accelerator.wait_for_everyone()
         return path
 
@@ -649,6 +697,44 @@ class ParetoSliderTrainer:
             "epochs": self.epoch, "optimiser steps": self.step, "skipped steps": self.skipped,
             "processes": self.accelerator.num_processes, "metrics": str(config.log_path()),
         }
+
+
+def check_fsdp_version() -> None:
+    """Refuse FSDP1 from `accelerate launch`'s environment, before accelerate builds its plugin (which fails on CPU
+    with a message about devices)."""
+    version = os.environ.get("FSDP_VERSION", "1")
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") and version != "2":
+        raise InputError(
+            f"pslider-train supports FSDP version 2 only, but the accelerate config asks for version {version} (its "
+            "wrappers rename the modules that the preference hooks attach to). Set `fsdp_version: 2` under "
+            "fsdp_config (or pass --fsdp_version 2 to accelerate launch); see trainer/configs/accelerate_fsdp.yaml."
+        )
+
+
+def check_fsdp_settings(plugin: FullyShardedDataParallelPlugin, mixed_precision: str) -> None:
+    """Refuse FSDP2 settings the trainer's sharding cannot honour, naming the setting and its fix."""
+    unsupported = {
+        "fsdp_offload_params: true": isinstance(plugin.cpu_offload, CPUOffloadPolicy),
+        "fsdp_activation_checkpointing: true (use --gradient-checkpointing)": plugin.activation_checkpointing,
+        "fsdp_reshard_after_forward: false": plugin.reshard_after_forward is False,
+        "--mixed-precision fp16 (use bf16)": mixed_precision == "fp16",
+    }
+    refused = [name for name, used in unsupported.items() if used]
+    if refused:
+        raise InputError(
+            f"pslider-train under FSDP does not support {'; '.join(refused)}. Change these settings; see "
+            "trainer/configs/accelerate_fsdp.yaml and docs/training.md (FSDP)."
+        )
+
+
+@contextmanager
+def _gradients_unsynced(model: FSDPModule) -> Iterator[None]:
+    """FSDP2's no_sync: gradients stay whole and local until a backward with sync on reduce-scatters them."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def _generator(*parts: Any) -> torch.Generator:

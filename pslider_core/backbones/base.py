@@ -55,6 +55,10 @@ class BackboneAdapter:
     lora_target_modules: ClassVar[tuple[str, ...] | str]
     lora_key_prefix: ClassVar[str]  # prefix of LoRA keys in the file, e.g. "transformer."
 
+    # class names of the transformer's repeated blocks: the units FSDP shards and gathers one at a time
+    # (empty: the whole transformer is one unit, which saves no memory)
+    fsdp_block_classes: ClassVar[tuple[str, ...]] = ()
+
     # playback rate of generated videos (frames per second) and, for video models, a model input; images ignore it
     frame_rate: float = 24.0
 

@@ -45,6 +45,7 @@ class FluxKontextAdapter(BackboneAdapter):
         r"|single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_out)"
     )
     lora_key_prefix: ClassVar[str] = "transformer."
+    fsdp_block_classes: ClassVar[tuple[str, ...]] = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
 
     # T5 tokens per prompt (the pipeline's default) and the distilled guidance the model is given as an input
     # (not CFG): 2.5 is what Black Forest Labs and the pipeline's example use for Kontext.

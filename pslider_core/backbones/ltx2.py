@@ -79,6 +79,7 @@ class LTX2Adapter(BackboneAdapter):
     # video self- and text cross-attention only (audio_attn1/2 and the audio<->video attentions stay frozen)
     lora_target_modules: ClassVar[str] = r".*transformer_blocks\.\d+\.attn[12]\.to_(q|k|v|out\.0)"
     lora_key_prefix: ClassVar[str] = "diffusion_model."
+    fsdp_block_classes: ClassVar[tuple[str, ...]] = ("LTX2VideoTransformerBlock",)
 
     # Gemma tokens per prompt: the pipeline's default (so is the base class's frame rate, 24)
     max_sequence_length: int = 1024

@@ -32,6 +32,7 @@ class SD3Adapter(BackboneAdapter):
         "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
     )
     lora_key_prefix: ClassVar[str] = "transformer."
+    fsdp_block_classes: ClassVar[tuple[str, ...]] = ("JointTransformerBlock",)
 
     # T5 tokens per prompt; the real pipeline's default is 256, the tiny one keeps it short.
     max_sequence_length: int = 256
