@@ -91,7 +91,8 @@ class TrainConfig:
                                                 "'0.7,0.3' (summed before normalising, no preference conditioning).",
                                             group="method")
     preference_mixture: str = _opt("paper", "How training preferences are drawn: 'paper' or e.g. "
-                                            "'corners=0.1,edges=0,interior=0.9,alpha=1'.", group="method")
+                                            "'corners=0.1,edges=0,interior=0.9,alpha=1' (unused by --fixed-weights, "
+                                            "so one config serves both).", group="method")
     conditioning_mode: str = _opt("global+block", "Preference paths: 'global' (adaLN vector only) or "
                                                   "'global+block' (also the shared block vector).",
                                   choices=CONDITIONING_MODES, group="method")
@@ -235,10 +236,7 @@ class TrainConfig:
             raise ValueError("--objective grpo needs --noise-level > 0: a deterministic step has no log-probability.")
         if self.mixed_precision == "fp16" and self.device == "cpu":
             raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use 'no' or 'bf16'.")
-        if self.fixed_weights and self.preference_mixture != "paper":
-            raise ValueError("--fixed-weights trains without preferences; drop --preference-mixture.")
-        if not self.fixed_weights:
-            PreferenceMixture.parse(self.preference_mixture, num_rewards=2)  # syntax check; M known later
+        PreferenceMixture.parse(self.preference_mixture, num_rewards=2)  # syntax check; M known later
         if self.fixed_weights:
             bad = [x for x in self.fixed_weights if not (math.isfinite(x) and x >= 0)]
             if bad or sum(self.fixed_weights) <= 0:
