@@ -8,7 +8,8 @@ hypervolume (and the ratio to the union of the fixed runs), extent (each reward'
 controllability (Spearman of each reward's mean with its own weight), valid image rate along the sweep, compute.
 
     python benchmarks/pareto_toy.py --rewards toy_color,toy_sketch --seeds 0,1,2 --out bench/two
-    python benchmarks/pareto_toy.py --rewards toy_color,toy_sketch,toy_size --seeds 0 --out bench/three
+    python benchmarks/pareto_toy.py --rewards toy_color,toy_sketch,toy_size --grid 5 --preference-mixture paper \
+        --out bench/three
 
 Everything runs on one CPU thread. `--results FILE` writes the RESULTS.md section for this run.
 """
@@ -25,6 +26,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -69,12 +71,12 @@ def write_prompts(folder: Path) -> tuple[Path, Path]:
 
 
 def train_run(output: Path, prompts: Path, rewards: str, steps: int, seed: int, config: Path,
-              fixed: tuple[float, ...] | None = None, lr: float | None = None, progress: bool = False) -> float:
-    """One training run with the toy config (`lr` overrides its learning rate); returns its wall time in seconds."""
+              fixed: tuple[float, ...] | None = None, progress: bool = False, **settings: Any) -> float:
+    """One training run with the toy config (`settings` override its keys, None keeps them); returns its wall time
+    in seconds."""
     overrides = dict(rewards=rewards, prompts=str(prompts), output=str(output), epochs=steps, seed=seed,
                      progress=progress, fixed_weights=fixed or ())
-    if lr is not None:
-        overrides["lr"] = lr
+    overrides.update({key: value for key, value in settings.items() if value is not None})
     cfg = resolve_config(read_toml(config), overrides)
     start = time.perf_counter()
     ParetoSliderTrainer(cfg).train()
@@ -128,7 +130,8 @@ def run_seed(seed: int, args: argparse.Namespace, rewards: list[str], prompts: t
     spec = ",".join(rewards)
     walls: dict[str, float] = {}
     files = {SLIDER: folder / f"{SLIDER}.safetensors"}
-    walls[SLIDER] = train_run(files[SLIDER], prompts[0], spec, args.steps, seed, args.config, progress=args.progress)
+    walls[SLIDER] = train_run(files[SLIDER], prompts[0], spec, args.steps, seed, args.config, progress=args.progress,
+                              preference_mixture=args.preference_mixture)
     fixed_names = []
     for w in fixed_weight_points(len(rewards)):
         name = "fixed_" + "-".join(f"{x:.2f}" for x in w)
@@ -202,14 +205,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rewards", default="toy_color,toy_sketch")
     parser.add_argument("--seeds", default="0,1,2", help="Training seeds (one slider + K fixed runs each).")
-    parser.add_argument("--steps", type=int, default=10, help="S: optimiser steps of every run.")
+    parser.add_argument("--steps", type=int, default=40,
+                        help="S: optimiser steps of every run (benchmarks/RESULTS.md: 40).")
     parser.add_argument("--grid", type=int, default=11, help="pslider-eval --grid for the slider's sweep.")
     parser.add_argument("--eval-seeds", type=int, default=10,
                         help="Noise seeds per held-out prompt (5 prompts x 10 = 50 samples per w).")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--fixed-lr", type=float, default=1e-3,
                         help="LoRA learning rate of the fixed-weights runs: tuned for them, as toy.toml's is for the "
-                             "slider (at the slider's 1e-4 they barely move in S steps; 1e-3 is their best measured).")
+                             "slider (1e-3 is their best measured; the slider's collapses at it).")
+    parser.add_argument("--preference-mixture", default=None,
+                        help="The slider's w mixture, if not the config's (e.g. 'paper' for 3 rewards: it samples "
+                             "the edges of the simplex, which toy.toml's 2-reward mixture leaves out).")
     parser.add_argument("--out", default="bench/pareto_toy")
     parser.add_argument("--results", default=None, help="Write the markdown section here (e.g. a RESULTS part).")
     parser.add_argument("--front", default=None, help="Copy the first seed's front.png here.")
