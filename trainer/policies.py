@@ -20,6 +20,9 @@ from typing import Any, Callable
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from torch.distributed import get_world_size
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 
 from pslider_core import ParetoSlider
 from pslider_core.backbones import BackboneAdapter, Conditioning
@@ -140,10 +143,6 @@ def shard_policies(policies: Policies, block_classes: Sequence[str], device: tor
     DTensor: the optimizer, the old-policy lag, EMA and checkpoint loading change those, and a gathered copy kept
     from an earlier forward would go stale. Modules keep their names, so preference hooks and LoRA names still work.
     """
-    from torch.distributed import get_world_size
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
     mesh = init_device_mesh(device.type, (get_world_size(),))
     blocks = [m for m in policies.transformer.modules() if type(m).__name__ in block_classes]
     missing = sorted(set(block_classes) - {type(m).__name__ for m in blocks})
