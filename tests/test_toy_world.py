@@ -138,6 +138,18 @@ def test_size_reward_orders_sizes():
     assert (scores.diff() > 0).all() and scores[-1] > 0.8
 
 
+def test_size_reward_pays_clean_growth_not_bulging():
+    """A disc in place of the prompt's shape (how area used to be earned) never nears a clean large shape's score."""
+    style = {"color": "blue", "center": (16.0, 16.0), "tint": 0.3, "rim": 1.2}
+    discs = torch.stack([render({**style, "shape": "circle", "size": s}) for s in (9.0, 10.5, 12.0)])
+    for shape in ("square", "triangle", "diamond", "cross"):
+        clean = torch.stack([render({**style, "shape": shape, "size": s}) for s in (8.5, 10.5)])
+        prompts = [prompt_for("blue", shape)] * 3
+        clean_scores = toy_rewards.shape_size(clean, prompts[:2])
+        assert clean_scores[1] > clean_scores[0] > 0.3
+        assert toy_rewards.shape_size(discs, prompts).max() < 0.6 * clean_scores[1], shape
+
+
 def test_toy_rewards_are_registered():
     filled, sketched, prompts, _ = _filled_and_sketched(4)
     batch = RewardBatch(images=torch.cat([filled, sketched]), prompts=prompts * 2)

@@ -111,8 +111,11 @@ def sample_params(index: int, seed: int = 0, split: str = "train", jitter: float
     }
 
 
-def shape_sdf(shape: str, dx: torch.Tensor, dy: torch.Tensor, size: float) -> torch.Tensor:
-    """Signed distance in pixels (negative inside) of `shape` centred at the origin; y points down."""
+def shape_sdf(shape: str, dx: torch.Tensor, dy: torch.Tensor, size: float | torch.Tensor) -> torch.Tensor:
+    """Signed distance in pixels (negative inside) of `shape` centred at the origin; y points down.
+
+    `size` may be a tensor that broadcasts against dx and dy (the size reward fits many scales at once).
+    """
     if shape == "circle":
         return torch.sqrt(dx**2 + dy**2) - size
     if shape == "square":

@@ -9,13 +9,17 @@ Here every reward is measured on the shape the image shows and depends on the pr
 - `toy_sketch`: how white the interior is, times how well the boundary is inked in a dark shade of the prompt's
   colour (a white shape with a coloured outline, like a coloured-pencil sketch; a white blob without outline or
   with the wrong colour scores low).
-- `toy_size`: the shape's area, from the smallest to the largest size in the data.
+- `toy_size`: the scale of the prompt's shape fitted to the foreground, from the smallest to the largest size in
+  the data, times how well that template fits (its IoU with the foreground). Area alone was earned by bulging the
+  shapes (a cross swelling into a blob reaches areas no clean cross has); a fitted scale saturates at the data's
+  largest clean shape and a deformed one fits worse, so only clean growth pays.
 The first two conflict genuinely: the interior cannot be both the colour and white, so the trade-off is the fill
 tint, which the base model's data varies freely (dataset.py). Both extremes exist in the data and keep the
 prompt's colour and shape, so each reward is achievable without destroying content. Every reward is multiplied by
 a content gate: the 2-pixel border must stay background (no flooding) and the interior must be at least as large
-as the smallest shape in the data (no vanishing). Shape identity itself is never rewarded; the held-out judge checks
-it. All scores lie in [0, 1].
+as the smallest shape in the data (no vanishing). Colour and sketch never read the shape; `toy_size` reads the
+prompt's shape the way a detector-based size reward would, through an analytic template, not the held-out judge's
+classifier. All scores lie in [0, 1].
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ import torch.nn.functional as F
 
 from ..rewards.base import Reward, RewardBatch
 from ..rewards.registry import register_reward
-from .dataset import BACKGROUND, BORDER, COLORS, RIM_SHADE, parse_prompt
+from .dataset import BACKGROUND, BORDER, COLORS, RIM_SHADE, SIZE_RANGE, parse_prompt, shape_sdf
 
 COLOR_TOLERANCE = 0.35  # RGB distance scale of the colour similarities
 INK_TOLERANCE = 0.15  # tighter scale that tells outline ink from fill
 MIN_FILL = 20.0  # pixels; the smallest fill in the data is about 24
-AREA_RANGE = (80.0, 350.0)  # pixels; foreground area of (about) the smallest and largest shapes in the data
+FIT_SCALES = torch.arange(3.0, 14.01, 0.25)  # candidate shape scales r in pixels (the data's are SIZE_RANGE)
+FIT_FLOOR = 0.7  # template IoU that earns no size: about a blob in place of a cross (clean samples fit at 0.9-1.0)
 
 
 def _check(images: torch.Tensor, prompts: list[str]) -> None:
@@ -106,12 +111,35 @@ def sketch_look(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return white * ink * regions.gate
 
 
+def fit_shape(mask: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, IoU), each (N,): the best-fitting template of each prompt's shape, centred on the mask's centroid.
+
+    The foreground mask is nearly binary, so the template is too (a quarter-pixel edge ramp); the soft IoU then
+    measures shape, not anti-aliasing.
+    """
+    coords = torch.arange(mask.shape[-1], dtype=mask.dtype, device=mask.device) + 0.5
+    scales = FIT_SCALES.to(mask.device, mask.dtype).view(-1, 1, 1)
+    best_scale, best_iou = [], []
+    for m, prompt in zip(mask[:, 0], prompts):
+        total = m.sum().clamp(min=1e-6)
+        cy, cx = (m.sum(1) * coords).sum() / total, (m.sum(0) * coords).sum() / total
+        dy, dx = torch.meshgrid(coords - cy, coords - cx, indexing="ij")
+        template = (0.5 - 4 * shape_sdf(parse_prompt(prompt)[1], dx, dy, scales)).clamp(0, 1)
+        iou = torch.minimum(template, m).sum((1, 2)) / torch.maximum(template, m).sum((1, 2)).clamp(min=1e-6)
+        best = iou.argmax()
+        best_scale.append(scales.flatten()[best])
+        best_iou.append(iou[best])
+    return torch.stack(best_scale), torch.stack(best_iou)
+
+
 def shape_size(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-    """(N,) foreground area scaled from the smallest (0) to the largest (1) shape in the data, times the gate."""
+    """(N,) fitted scale of the prompt's shape, from the data's smallest (0) to largest (1), times fit and gate."""
     regions = ShapeRegions(images, prompts)
-    low, high = AREA_RANGE
-    area = ((regions.mask.sum((1, 2, 3)) - low) / (high - low)).clamp(0, 1)
-    return area * regions.gate
+    scale, iou = fit_shape(regions.mask, prompts)
+    low, high = SIZE_RANGE
+    size = ((scale - low) / (high - low)).clamp(0, 1)
+    fit = ((iou - FIT_FLOOR) / (1 - FIT_FLOOR)).clamp(0, 1)
+    return size * fit * regions.gate
 
 
 class _ToyReward(Reward):
@@ -141,5 +169,5 @@ class ToySketch(_ToyReward):
 @register_reward("toy_size")
 class ToySize(_ToyReward):
     name = "toy_size"
-    description = "toy world: shape area from the smallest (0) to the largest (1) in the data, border kept clear"
+    description = "toy world: fitted size of the prompt's shape, smallest (0) to largest (1) in the data, times fit"
     fn = staticmethod(shape_size)
