@@ -37,7 +37,7 @@ COLOR_TOLERANCE = 0.35  # RGB distance scale of the colour similarities
 INK_TOLERANCE = 0.15  # tighter scale that tells outline ink from fill
 MIN_FILL = 20.0  # pixels; the smallest fill in the data is about 24
 FIT_SCALES = torch.arange(3.0, 14.01, 0.25)  # candidate shape scales r in pixels (the data's are SIZE_RANGE)
-FIT_FLOOR = 0.7  # template IoU that earns no size: about a blob in place of a cross (clean samples fit at 0.9-1.0)
+FIT_FLOOR = 0.7  # template IoU that earns no size: about a disc in place of a cross (clean shapes fit at 0.87-1.0)
 
 
 def _check(images: torch.Tensor, prompts: list[str]) -> None:
