@@ -1,18 +1,30 @@
-"""Reversible preference hooks on a diffusers transformer: w enters by hooks, never by a copied `forward`."""
+"""Preference hooks on a diffusers transformer: w enters by hooks, never by a copied `forward`.
+
+The hooks are registered once per transformer (`preference_hooks`) and add nothing until a `conditioned(modules, w)`
+context sets what they add; registering them per forward cost 4% of a tiny training epoch. Activation checkpointing
+recomputes each block in the backward pass, after the conditioned forward has returned: the hooks' own checkpoint
+function (installed whenever the transformer checkpoints) replays that forward's vectors during recomputation, so
+recomputed blocks compute exactly what the forward did (otherwise they lose the block vector, and Kontext's token
+mask changes the number of saved tensors).
+"""
 
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .modules import PreferenceModules
 
 if TYPE_CHECKING:
     from .backbones.base import BackboneAdapter
+
+HOOKS_ATTRIBUTE = "_pareto_slider_hooks"
 
 
 def tile_to_batch(v: torch.Tensor, batch: int) -> torch.Tensor:
@@ -60,56 +72,120 @@ def _hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
     return hidden
 
 
-class _CallState:
-    """Per-forward values shared by the hooks: computed once per transformer call, not once per block."""
+@dataclass(frozen=True)
+class _Call:
+    """What one transformer call adds: computed once per call, not once per block."""
 
-    def __init__(self) -> None:
-        self.batch = 0
-        self.global_vec: torch.Tensor | None = None
-        self.block_vec: torch.Tensor | None = None
-        self.token_mask: torch.Tensor | None = None
+    global_vec: torch.Tensor
+    block_vec: torch.Tensor | None
+    token_mask: torch.Tensor | None
 
 
-@contextmanager
+class PreferenceHooks:
+    """The hooks of one transformer; what they add comes from the innermost `conditioned` context (nothing outside)."""
+
+    def __init__(self, transformer: nn.Module, adapter: "BackboneAdapter") -> None:
+        self.transformer = transformer
+        self.adapter = adapter
+        self._active: tuple[PreferenceModules, torch.Tensor] | None = None
+        self._call: _Call | None = None
+        self._checkpoint_fn: Callable[..., Any] = self.checkpoint  # one bound method, compared by identity
+        self._handles = [
+            transformer.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+            transformer.get_submodule(adapter.global_module).register_forward_hook(self._after_global),
+        ]
+        for name in adapter.block_modules(transformer):
+            self._handles.append(transformer.get_submodule(name).register_forward_hook(self._after_block_ff))
+
+    @contextmanager
+    def conditioned(self, modules: PreferenceModules, w: torch.Tensor) -> Iterator[None]:
+        """Condition every forward inside the block on w (B_w, M) or (M,) with `modules`; nests, restores on exit."""
+        previous = self._active
+        self._active = (modules, w.unsqueeze(0) if w.ndim == 1 else w)
+        try:
+            yield
+        finally:
+            self._active = previous
+
+    def remove(self) -> None:
+        """Unregister every hook (the transformer is then exactly the base model again)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if getattr(self.transformer, HOOKS_ATTRIBUTE, None) is self:
+            delattr(self.transformer, HOOKS_ATTRIBUTE)
+
+    # ------------------------------------------------------------------ hooks
+    def _before_forward(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._ensure_checkpoint_replay()
+        if self._active is None:
+            self._call = None
+            return
+        modules, w = self._active
+        batch = _hidden_states(args, kwargs).shape[0]
+        g, m = modules(w.to(_hidden_states(args, kwargs).device))
+        self._call = _Call(
+            tile_to_batch(g, batch), tile_to_batch(m, batch) if m is not None else None,
+            self.adapter.target_token_mask(args, kwargs),
+        )
+
+    def _after_global(self, _module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor | None:
+        if self._call is None:
+            return None
+        return out + expand_rows(self._call.global_vec, out.shape[0]).to(out.dtype)
+
+    def _after_block_ff(self, _module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor | None:
+        if self._call is None or self._call.block_vec is None:
+            return None
+        return add_to_tokens(out, self._call.block_vec, self._call.token_mask)
+
+    # ------------------------------------------------------------------ activation checkpointing
+    def checkpoint(self, module: nn.Module, *args: Any) -> Any:
+        """diffusers' gradient-checkpointing function (non-reentrant torch checkpoint of one block) that replays the
+        current call's vectors while the block is recomputed in the backward pass."""
+        call = self._call
+        return checkpoint(module.__call__, *args, use_reentrant=False,
+                          context_fn=lambda: (nullcontext(), self._replaying(call)))
+
+    @contextmanager
+    def _replaying(self, call: _Call | None) -> Iterator[None]:
+        current, self._call = self._call, call
+        try:
+            yield
+        finally:
+            self._call = current
+
+    def _ensure_checkpoint_replay(self) -> None:
+        """Whoever turned checkpointing on (before or after the hooks were added), blocks checkpoint through
+        `self.checkpoint`: one attribute check per forward, one module walk when it was not yet so."""
+        transformer = self.transformer
+        if getattr(transformer, "gradient_checkpointing", False) and (
+            getattr(transformer, "_gradient_checkpointing_func", None) is not self._checkpoint_fn
+        ):
+            transformer._set_gradient_checkpointing(enable=True, gradient_checkpointing_func=self._checkpoint_fn)
+
+
+def preference_hooks(transformer: nn.Module, adapter: "BackboneAdapter") -> PreferenceHooks:
+    """The transformer's preference hooks, registered on first use."""
+    hooks = getattr(transformer, HOOKS_ATTRIBUTE, None)
+    if hooks is None:
+        hooks = PreferenceHooks(transformer, adapter)
+        setattr(transformer, HOOKS_ATTRIBUTE, hooks)
+    return hooks
+
+
 def preference_conditioning(
     transformer: nn.Module,
     modules: PreferenceModules,
     adapter: "BackboneAdapter",
     w: torch.Tensor,
 ) -> Iterator[None]:
-    """Condition every forward of `transformer` inside the block on w (B_w, M) or (M,); hooks are removed on exit.
+    """Condition every forward of `transformer` inside the block on w (B_w, M) or (M,).
 
     The transformer batch may be any multiple of B_w (CFG), the global embedding may be per token (LTX-2), and
     the adapter may mark tokens the block path must leave alone (Kontext reference tokens).
     """
-    w = w.unsqueeze(0) if w.ndim == 1 else w
-    state = _CallState()
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def before_forward(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = _hidden_states(args, kwargs)
-        state.batch = hidden.shape[0]
-        g, m = modules(w.to(hidden.device))
-        state.global_vec = tile_to_batch(g, state.batch)
-        state.block_vec = tile_to_batch(m, state.batch) if m is not None else None
-        state.token_mask = adapter.target_token_mask(args, kwargs)
-
-    def after_global(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
-        return out + expand_rows(state.global_vec, out.shape[0]).to(out.dtype)
-
-    def after_block_ff(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
-        return add_to_tokens(out, state.block_vec, state.token_mask)
-
-    try:
-        handles.append(transformer.register_forward_pre_hook(before_forward, with_kwargs=True))
-        handles.append(transformer.get_submodule(adapter.global_module).register_forward_hook(after_global))
-        if modules.block_projector is not None:
-            for name in adapter.block_modules(transformer):
-                handles.append(transformer.get_submodule(name).register_forward_hook(after_block_ff))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return preference_hooks(transformer, adapter).conditioned(modules, w)
 
 
 def matching_modules(root: nn.Module, pattern: str) -> list[str]:
@@ -119,4 +195,3 @@ def matching_modules(root: nn.Module, pattern: str) -> list[str]:
     if not names:
         raise ValueError(f"No module of {type(root).__name__} matches {pattern!r}.")
     return names
-

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .backbones import BackboneAdapter, get_backbone
+from .conditioning import preference_hooks
 from .file_format import ParetoSliderFile, ParetoSliderFileError, load_pareto_slider, save_pareto_slider
 from .lora import LoraSpec, add_lora, check_lora_fits, export_lora, full_tensor, load_lora, lora_modules
 from .modules import PreferenceModuleConfig, PreferenceModules
@@ -39,6 +40,7 @@ class ParetoSlider:
         self.lora = lora
         self.base_model = base_model
         self.adapter_name = adapter_name
+        preference_hooks(transformer, adapter)  # registered once, inactive outside `condition`
 
     # ------------------------------------------------------------------ construction
     @classmethod
