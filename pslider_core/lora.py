@@ -18,17 +18,20 @@ _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """Rank, alpha and target modules (suffix names, or one regex string) of the trained LoRA."""
+    """Rank, alpha and target modules (suffix names, or one regex string) of the trained LoRA, and the full names of
+    targeted layers left out because no gradient can reach them (`BackboneAdapter.unreachable_lora_modules`)."""
 
     rank: int = 32
     alpha: float = 64.0
     target_modules: tuple[str, ...] | str = ()
+    exclude_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.rank < 1 or self.alpha <= 0:
             raise ValueError(f"LoRA rank must be >= 1 and alpha > 0; got rank={self.rank}, alpha={self.alpha}.")
         if not isinstance(self.target_modules, str):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        object.__setattr__(self, "exclude_modules", tuple(self.exclude_modules))
 
     @property
     def scale(self) -> float:
@@ -36,7 +39,8 @@ class LoraSpec:
 
     def peft_config(self) -> LoraConfig:
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=targets, init_lora_weights="gaussian")
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=targets, init_lora_weights="gaussian",
+                          exclude_modules=list(self.exclude_modules) or None)
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -64,6 +65,7 @@ class ParetoSlider:
             num_rewards=spec.num_rewards, inner_dim=adapter.inner_dim(transformer), mode=mode, num_freqs=num_freqs
         )
         if lora is not None:
+            lora = dataclasses.replace(lora, exclude_modules=tuple(adapter.unreachable_lora_modules(transformer)))
             add_lora(transformer, lora, adapter_name)
         modules = PreferenceModules(config).to(transformer.device)
         return cls(transformer, adapter, modules, spec, lora, base_model, adapter_name)

@@ -4,22 +4,13 @@ the same path a user's real weights take.
 
 from __future__ import annotations
 
-import string
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import (
-    BitImageProcessorPil,
-    CLIPConfig,
-    CLIPImageProcessorPil,
-    CLIPModel,
-    CLIPTokenizer,
-    Dinov2Config,
-    Dinov2Model,
-)
+from helpers import save_tiny_clip, save_tiny_dinov2
+from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
 from pslider_core.rewards import RewardBatch, get_reward
 from pslider_core.rewards.hf import ImagePreprocessor
@@ -29,45 +20,9 @@ torch.set_num_threads(1)
 PROMPTS = ["a red cat", "a pencil sketch of a house", "a red cat", "blue sky"]
 
 
-def tiny_tokenizer() -> CLIPTokenizer:
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in string.ascii_lowercase + string.digits + string.punctuation:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    tokenizer = tiny_tokenizer()
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_clip")
-    CLIPModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return str(path)
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +36,7 @@ def bare_clip_dir(clip_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dino_dir(tmp_path_factory):
-    config = Dinov2Config(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_dinov2")
-    Dinov2Model(config).save_pretrained(path)
-    BitImageProcessorPil(
-        size={"shortest_edge": 36},
-        crop_size={"height": 32, "width": 32},
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-    ).save_pretrained(path)
-    return str(path)
+    return save_tiny_dinov2(tmp_path_factory.mktemp("tiny_dinov2"))
 
 
 def aesthetic_head(path, dims=(16, 8, 4, 1), seed: int = 0) -> str:

@@ -156,6 +156,17 @@ class TrainConfig:
                             resumable=True, group="runtime")
     reward_device: str = _opt("", "Device of the reward models (empty = the training device).", resumable=True,
                               group="runtime")
+    offload_text_encoders: bool = _opt(True, "Encode every prompt once at the start, keep the embeddings (and Kontext's "
+                                             "source latents) in host memory and release the text encoders; needs "
+                                             "the whole prompt set to fit --cache-max-gb, else the encoders stay and "
+                                             "prompts are encoded (and cached as far as it allows) when first drawn.",
+                                       resumable=True, group="runtime")
+    cache_max_gb: float = _opt(16.0, "Host memory the cached prompt embeddings may use, in GB.", resumable=True,
+                               group="runtime")
+    offload_vae: bool = _opt(True, "Keep the VAE in host memory and on the training device only while it encodes or "
+                                   "decodes (no effect on CPU).", resumable=True, group="runtime")
+    offload_rewards: bool = _opt(False, "Keep reward models in host memory between reward stages (no effect on CPU "
+                                        "or with --reward-device cpu).", resumable=True, group="runtime")
     checkpoint_every: int = _opt(1, "Write a resumable checkpoint every N epochs (0 = only at the end).",
                                  resumable=True, group="runtime")
     keep_checkpoints: int = _opt(2, "How many checkpoints to keep (oldest deleted first).", resumable=True,
@@ -195,7 +206,8 @@ class TrainConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}.")
-        for name in ("lr", "lora_alpha", "adv_clip", "beta", "clip_range", "pref_lr_mult", "guidance_scale"):
+        for name in ("lr", "lora_alpha", "adv_clip", "beta", "clip_range", "pref_lr_mult", "guidance_scale",
+                     "cache_max_gb"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{_flag(name)} must be a positive number, got {value}.")

@@ -20,7 +20,9 @@ import logging
 import math
 import os
 import time
+import gc
 import warnings
+from collections.abc import Iterable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +89,7 @@ from .config import TrainConfig
 from .data import InputError, PromptItem, TrainInputs, load_sources, validate_inputs
 from .metrics import MetricsLogger, format_summary, reward_metrics
 from .policies import CURRENT, OLD, REFERENCE, Policies, shard_policies
+from .prompt_cache import PromptCache
 
 logger = logging.getLogger("pslider.train")
 
@@ -108,6 +111,7 @@ class EpochPlan:
     """Which prompt, preference group and w every sample of an epoch gets (global, identical on every process)."""
 
     items: list[PromptItem]
+    file_index: list[int]  # per item, its line in the prompts file (the prompt cache's index)
     prompt_of: torch.Tensor  # (N,) index into items
     group_of: torch.Tensor  # (N,) (prompt, slot) group id
     w: torch.Tensor  # (N, M): the preference (the fixed weights for the baseline)
@@ -150,7 +154,9 @@ class Chunk:
 class ParetoSliderTrainer:
     """Late-scalarized multi-objective RL on one backbone (method.md), runnable under `accelerate launch`."""
 
-    def __init__(self, config: TrainConfig, inputs: TrainInputs | None = None) -> None:
+    def __init__(self, config: TrainConfig, inputs: TrainInputs | None = None, pipeline: Any = None) -> None:
+        """`pipeline`: an already built base pipeline to train instead of loading `config.base` (benchmarks of
+        random-weight real configurations; its frozen components are placed and frozen here like loaded ones)."""
         self.config = config
         self.inputs = inputs if inputs is not None else validate_inputs(config)
         self.adapter = self.inputs.adapter
@@ -169,7 +175,7 @@ class ParetoSliderTrainer:
         self._check_world_size()
         self.fsdp = self._fsdp_plugin()
         set_seed(config.seed)
-        self.pipe, self.base_model = self._load_pipeline()
+        self.pipe, self.base_model = self._load_pipeline(pipeline)
         lora = LoraSpec(config.lora_rank, config.lora_alpha, self.adapter.lora_target_modules)
         self.slider = ParetoSlider.attach(
             self.pipe.transformer, self.adapter.name, self.inputs.spec.reward_names,
@@ -190,8 +196,11 @@ class ParetoSliderTrainer:
                 warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
                 self.model, self.optimizer = self.accelerator.prepare(self.policies, self._new_optimizer())
         self.ema = EMA(self.policies.trainable, config.ema_max_decay) if config.ema else None
-        reward_device = config.reward_device or self.accelerator.device
-        self.rewards: list[Reward] = [r.to(reward_device) for r in self.inputs.rewards]
+        self.reward_device = torch.device(config.reward_device or self.accelerator.device)
+        self.rewards: list[Reward] = [r.to(self.reward_device) for r in self.inputs.rewards]
+        self.prompt_cache = self._new_prompt_cache(negative=False)
+        self.negative_cache = self._new_prompt_cache(negative=True) if config.guidance_scale > 1 else None
+        self._encoded = False
         self.signs = torch.tensor([1.0 if r.higher_is_better else -1.0 for r in self.rewards])
         self.nft = NFTConfig(beta=config.beta, adv_clip=config.adv_clip, kl_weight=config.kl_weight)
         self.grpo = GRPOConfig(
@@ -247,27 +256,99 @@ class ParetoSliderTrainer:
             weight_decay=config.weight_decay,
         )
 
-    def _load_pipeline(self) -> tuple[Any, str]:
+    def _load_pipeline(self, pipe: Any = None) -> tuple[Any, str]:
         config, adapter = self.config, self.adapter
         base = config.base
-        if not base and config.preset == "tiny":  # built once, then loaded like any base (and by pslider-sample)
-            folder = config.output_path().with_name(config.output_path().stem + ".tiny-base")
-            if self.accelerator.is_main_process and not folder.is_dir():
-                partial = folder.with_name(f".{folder.name}.{os.getpid()}")
-                adapter.tiny_pipeline(seed=config.seed).save_pretrained(partial)
-                os.rename(partial, folder)
-            self.accelerator.wait_for_everyone()
-            base = str(folder)
-        base = base or adapter.default_base
-        pipe = adapter.load_pipeline(base, torch_dtype=WEIGHT_DTYPES[config.mixed_precision])
+        if pipe is None:
+            if not base and config.preset == "tiny":  # built once, then loaded like any base (and by pslider-sample)
+                folder = config.output_path().with_name(config.output_path().stem + ".tiny-base")
+                if self.accelerator.is_main_process and not folder.is_dir():
+                    partial = folder.with_name(f".{folder.name}.{os.getpid()}")
+                    adapter.tiny_pipeline(seed=config.seed).save_pretrained(partial)
+                    os.rename(partial, folder)
+                    logger.info("Saved the tiny %s base to %s (pass it as --base to pslider-sample).", adapter.name,
+                                folder)
+                self.accelerator.wait_for_everyone()
+                base = str(folder)
+            base = base or adapter.default_base
+            pipe = adapter.load_pipeline(base, torch_dtype=WEIGHT_DTYPES[config.mixed_precision])
+        try:
+            adapter.check_sample_size(pipe, config.height, config.width, config.num_frames)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        coders = _coders(pipe, adapter)
         for component in vars(pipe).values():  # diffusers pipelines and plain component holders alike
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False).eval()
-                if self.fsdp is None or component is not pipe.transformer:  # FSDP moves only its shard there
+                fsdp_moves = self.fsdp is not None and component is pipe.transformer  # FSDP moves only its shard
+                if not fsdp_moves and not (config.offload_vae and any(component is c for c in coders)):
                     component.to(self.accelerator.device)
         if config.gradient_checkpointing:
             pipe.transformer.enable_gradient_checkpointing()
-        return pipe, base
+        return pipe, base or "custom pipeline"
+
+    @contextmanager
+    def _resident(self, modules: Iterable[torch.nn.Module], device: torch.device, offload: bool) -> Iterator[None]:
+        """Modules on `device` inside the block; with `offload`, in host memory again after it (no-op on CPU)."""
+        modules = [m for m in modules if m is not None]
+        offload = offload and device.type != "cpu"
+        if offload:
+            for module in modules:
+                module.to(device)
+        try:
+            yield
+        finally:
+            if offload:
+                for module in modules:
+                    module.to("cpu")
+
+    def _vae_resident(self) -> Any:
+        """The VAE (and LTX-2's audio VAE and vocoder) on the training device for one encode or decode."""
+        return self._resident(_coders(self.pipe, self.adapter), self.accelerator.device, self.config.offload_vae)
+
+    # ------------------------------------------------------------------ prompt conditioning, encoded once
+    def _new_prompt_cache(self, negative: bool) -> PromptCache:
+        """Keys: the prompt (with its source image) and the encoder settings it was encoded with."""
+        config = self.config
+        settings = (self.adapter.name, getattr(self.adapter, "max_sequence_length", None), config.height,
+                    config.width, config.num_frames, negative)
+        return PromptCache(
+            [(item.key, *settings) for item in self.inputs.items], config.batch_size,
+            lambda indices: self._encode([self.inputs.items[i] for i in indices], negative),
+            int(config.cache_max_gb * 1e9),
+        )
+
+    def _encode_once(self) -> None:
+        """Before the first epoch: with --offload-text-encoders, encode every prompt and release the encoders."""
+        self._encoded = True
+        if not self.config.offload_text_encoders:
+            return
+        caches = [c for c in (self.prompt_cache, self.negative_cache) if c is not None]
+        with self._vae_resident():  # Kontext encodes its sources with the VAE
+            fits = all(cache.fill() for cache in caches)
+        size = sum(cache.nbytes for cache in caches)
+        if not fits:
+            logger.warning(
+                "The embeddings of all %d prompts would not fit --cache-max-gb %g, so the text encoders stay loaded "
+                "and prompts are encoded when first drawn; raise --cache-max-gb to release them.",
+                len(self.inputs.items), self.config.cache_max_gb,
+            )
+            return
+        for name in self.adapter.text_encoder_names:
+            if getattr(self.pipe, name, None) is not None:
+                setattr(self.pipe, name, None)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.info("Encoded %d prompts once (cache %.1f MB in host memory); text encoders released.",
+                    len(self.inputs.items), size / 1e6)
+
+    def _conditioning(self, file_index: list[int], negative: bool = False) -> Conditioning:
+        cache = self.negative_cache if negative else self.prompt_cache
+        if cache.complete:
+            return cache.get(file_index, self.accelerator.device)
+        with self._vae_resident():
+            return cache.get(file_index, self.accelerator.device)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Path:
@@ -297,6 +378,9 @@ class ParetoSliderTrainer:
         """One epoch; returns its metrics (the step is skipped, and counted, on NaN/inf rewards or loss)."""
         plan = self.plan(epoch)
         timer = _Timer(self.accelerator.device)
+        if not self._encoded:
+            with timer("encode"):
+                self._encode_once()
         with timer("rollout"):
             rollouts = self._new_rollouts(plan)
         for chunk in self.generate(plan, rollouts, timer):
@@ -314,9 +398,11 @@ class ParetoSliderTrainer:
         """The epoch's prompts and, per (prompt, slot), its w: the same on every process and after a resume."""
         config, items = self.config, self.inputs.items
         num_prompts = self.num_samples // config.images_per_prompt
+        file_index = list(range(len(items)))
         if num_prompts < len(items):
-            order = torch.randperm(len(items), generator=_generator(config.seed, "prompts", epoch))[:num_prompts]
-            items = [items[i] for i in order.tolist()]
+            file_index = torch.randperm(len(items), generator=_generator(config.seed, "prompts", epoch))[
+                :num_prompts].tolist()
+            items = [items[i] for i in file_index]
         k = config.images_per_prompt
         prompt_of = torch.arange(num_prompts).repeat_interleave(k)
         if config.is_baseline:
@@ -332,14 +418,14 @@ class ParetoSliderTrainer:
             group_of = prompt_of * config.slots_per_prompt + slot_of
         per_process = len(prompt_of) // self.accelerator.num_processes
         start = self.accelerator.process_index * per_process
-        return EpochPlan(items, prompt_of, group_of, w.float(), range(start, start + per_process), epoch)
+        return EpochPlan(items, file_index, prompt_of, group_of, w.float(), range(start, start + per_process), epoch)
 
     def _new_rollouts(self, plan: EpochPlan) -> Rollouts:
-        """Encode this process's prompts once (text encoders, and source latents when editing)."""
+        """This process's prompts' conditioning (text embeddings, and source latents when editing), one row each."""
         index = torch.tensor(list(plan.local))
         prompts_here = sorted(set(plan.prompt_of[index].tolist()))
         row = {p: r for r, p in enumerate(prompts_here)}
-        cond = self._encode([plan.items[p] for p in prompts_here])
+        cond = self._conditioning([plan.file_index[p] for p in prompts_here])
         return Rollouts(index, cond, torch.tensor([row[p] for p in plan.prompt_of[index].tolist()]))
 
     def _sources(self, items: list[PromptItem]) -> torch.Tensor | None:
@@ -349,15 +435,12 @@ class ParetoSliderTrainer:
 
     @torch.no_grad()
     def _encode(self, items: list[PromptItem], negative: bool = False) -> Conditioning:
-        parts = []
-        for start in range(0, len(items), self.config.batch_size):
-            batch = items[start : start + self.config.batch_size]
-            prompts = [""] * len(batch) if negative else [item.prompt for item in batch]
-            parts.append(self.adapter.encode_prompts(
-                self.pipe, prompts, self._sources(batch), height=self.config.height, width=self.config.width,
-                num_frames=self.config.num_frames,
-            ))
-        return {k: v if k.startswith("shared_") else torch.cat([p[k] for p in parts]) for k, v in parts[0].items()}
+        """One batch through the text encoders (the prompt cache calls it with one block of the prompts file)."""
+        prompts = [""] * len(items) if negative else [item.prompt for item in items]
+        return self.adapter.encode_prompts(
+            self.pipe, prompts, self._sources(items), height=self.config.height, width=self.config.width,
+            num_frames=self.config.num_frames,
+        )
 
     # ------------------------------------------------------------------ stage 1: generate
     def generate(self, plan: EpochPlan, rollouts: Rollouts, timer: "_Timer") -> Iterator[Chunk]:
@@ -370,8 +453,8 @@ class ParetoSliderTrainer:
         policy = OLD if config.objective == "nft" else CURRENT
         negative = None
         if config.guidance_scale > 1:
-            negative = self._encode([plan.items[p] for p in sorted(set(plan.prompt_of[rollouts.index].tolist()))],
-                                    negative=True)
+            prompts_here = sorted(set(plan.prompt_of[rollouts.index].tolist()))
+            negative = self._conditioning([plan.file_index[p] for p in prompts_here], negative=True)
         window = self._sde_window(epoch)
         n = len(rollouts.index)
         bar = tqdm(total=n, desc=f"epoch {epoch + 1} rollouts", leave=False, disable=self._quiet)
@@ -401,10 +484,11 @@ class ParetoSliderTrainer:
                     rollouts.latents.append(traj.latents[window[0] : window[1] + 1])
                     rollouts.log_probs.append(traj.log_probs[window[0] : window[1]])
                 rollouts.x0.append(x0)
-                samples = adapter.decode(pipe, x0, config.height, config.width, config.num_frames)
                 audio = None
-                if any(r.needs_audio for r in self.rewards):
-                    audio = adapter.decode_audio(pipe, x0, config.height, config.width, config.num_frames)
+                with self._vae_resident():
+                    samples = adapter.decode(pipe, x0, config.height, config.width, config.num_frames)
+                    if any(r.needs_audio for r in self.rewards):
+                        audio = adapter.decode_audio(pipe, x0, config.height, config.width, config.num_frames)
                 items = [plan.items[p] for p in plan.prompt_of[index].tolist()]
                 sources = self._sources(items)
             bar.update(pos.stop - pos.start)
@@ -435,7 +519,9 @@ class ParetoSliderTrainer:
         batch = RewardBatch(
             images=chunk.samples, prompts=chunk.prompts, sources=chunk.sources, audio=audio, audio_sample_rate=rate
         )
-        return torch.stack([_score(reward, batch) for reward in self.rewards], dim=1)
+        models = [m for reward in self.rewards for m in reward.torch_modules()]
+        with self._resident(models, self.reward_device, self.config.offload_rewards):
+            return torch.stack([_score(reward, batch) for reward in self.rewards], dim=1)
 
     # ------------------------------------------------------------------ stage 3: advantages
     def compute_advantages(self, plan: EpochPlan, rewards: torch.Tensor) -> torch.Tensor | None:
@@ -735,6 +821,13 @@ def _gradients_unsynced(model: FSDPModule) -> Iterator[None]:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+def _coders(pipe: Any, adapter: Any) -> list[torch.nn.Module]:
+    """The pipeline's models other than the transformer and the text encoders: VAEs (and LTX-2's vocoder), which
+    run only to encode sources and decode samples."""
+    skip = {"transformer", *adapter.text_encoder_names}
+    return [m for name, m in vars(pipe).items() if isinstance(m, torch.nn.Module) and name not in skip]
 
 
 def _generator(*parts: Any) -> torch.Generator:

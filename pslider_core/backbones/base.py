@@ -55,6 +55,9 @@ class BackboneAdapter:
     lora_target_modules: ClassVar[tuple[str, ...] | str]
     lora_key_prefix: ClassVar[str]  # prefix of LoRA keys in the file, e.g. "transformer."
 
+    # pipeline components that only encode prompts: once every prompt's conditioning is cached they are released
+    text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder",)
+
     # class names of the transformer's repeated blocks: the units FSDP shards and gathers one at a time
     # (empty: the whole transformer is one unit, which saves no memory)
     fsdp_block_classes: ClassVar[tuple[str, ...]] = ()
@@ -73,6 +76,14 @@ class BackboneAdapter:
 
     def comfy_block_modules(self, num_blocks: int) -> list[str]:
         return [self.comfy_block_module.format(i=i) for i in range(num_blocks)]
+
+    def unreachable_lora_modules(self, transformer: nn.Module) -> list[str]:
+        """Full names of targeted layers whose output reaches no model output (a LoRA there never gets a
+        gradient): left out of the LoRA."""
+        return []
+
+    def check_sample_size(self, pipe: Any, height: int, width: int, num_frames: int = 1) -> None:
+        """Raise ValueError naming the base's limit and the option to change when it cannot render this size."""
 
     def target_token_mask(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """Tokens of this transformer call that the block path may change (None = all of them)."""
@@ -151,6 +162,47 @@ class BackboneAdapter:
             f"Backbone {self.name!r} generates no audio; audio rewards need a backbone that does "
             f"({', '.join(audio_backbones())})."
         )
+
+    def random_conditioning(
+        self, pipe: Any, batch: int, *, height: int, width: int, num_frames: int = 1,
+        generator: torch.Generator | None = None, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Conditioning:
+        """Random conditioning with the keys, shapes and dtypes `encode_prompts` gives for this pipeline and size,
+        without running a text encoder (memory estimates on the meta device, benchmarks); `dtype` overrides the
+        floating dtypes, `device` defaults to the transformer's."""
+        raise NotImplementedError
+
+    @staticmethod
+    def random_tensor(
+        shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Standard normal values drawn with `generator` on its own device (a seed gives the same values on every
+        device), then moved; on the meta device only the shape exists."""
+        device = torch.device(device)
+        if device.type == "meta":
+            return torch.empty(shape, device=device, dtype=dtype)
+        draw_on = generator.device if generator is not None else torch.device("cpu")
+        return torch.randn(shape, generator=generator, device=draw_on).to(device, dtype)
+
+
+def weight_dtype(module: nn.Module) -> torch.dtype:
+    """dtype of a model's frozen weights, from its first non-LoRA parameter (trained LoRA tensors stay float32).
+
+    diffusers' `.dtype` and `.device` walk every parameter: read per forward, they cost 6% of a tiny epoch."""
+    return _first_base_parameter(module).dtype
+
+
+def weight_device(module: nn.Module) -> torch.device:
+    """Device of a model's frozen weights (see `weight_dtype`)."""
+    return _first_base_parameter(module).device
+
+
+def _first_base_parameter(module: nn.Module) -> torch.Tensor:
+    for name, param in module.named_parameters():
+        if "lora_" not in name:
+            return param
+    raise ValueError(f"{type(module).__name__} has no parameters to read a dtype or device from.")
 
 
 def vae_decode_images(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,14 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from . import register_backbone
-from .base import BackboneAdapter, Conditioning, shifted_sigma_grid, vae_decode_images
+from .base import (
+    BackboneAdapter,
+    Conditioning,
+    shifted_sigma_grid,
+    vae_decode_images,
+    weight_device,
+    weight_dtype,
+)
 from .tiny import eval_components, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
 
 # position of `img_ids` among the transformer's positional arguments (hooks may see either form)
@@ -45,12 +52,21 @@ class FluxKontextAdapter(BackboneAdapter):
         r"|single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_out)"
     )
     lora_key_prefix: ClassVar[str] = "transformer."
+    text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
     fsdp_block_classes: ClassVar[tuple[str, ...]] = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
 
     # T5 tokens per prompt (the pipeline's default) and the distilled guidance the model is given as an input
     # (not CFG): 2.5 is what Black Forest Labs and the pipeline's example use for Kontext.
     max_sequence_length: int = 512
     guidance_scale: float = 2.5
+
+    def check_sample_size(self, pipe: Any, height: int, width: int, num_frames: int = 1) -> None:
+        multiple = 2 * pipe.vae_scale_factor  # 2x2 latent packing
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"Kontext height and width must be multiples of {multiple}; got {height}x{width}. Pass --height and "
+                f"--width as multiples of {multiple}."
+            )
 
     def target_token_mask(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """Target latents only: reference-image tokens carry first id coordinate 1 and must stay unchanged."""
@@ -99,7 +115,7 @@ class FluxKontextAdapter(BackboneAdapter):
         default, they are not snapped to Kontext's preferred resolutions (the caller picks the training size).
         """
         _check_sources(sources, len(prompts))
-        device = pipe.transformer.device
+        device = weight_device(pipe.transformer)
         embeds, pooled, _ = pipe.encode_prompt(
             prompt=prompts, prompt_2=None, device=device, max_sequence_length=self.max_sequence_length
         )
@@ -118,11 +134,10 @@ class FluxKontextAdapter(BackboneAdapter):
     def initial_noise(
         self, pipe: Any, batch: int, height: int, width: int, generator: torch.Generator, num_frames: int = 1
     ) -> torch.Tensor:
+        self.check_sample_size(pipe, height, width)
         f = pipe.vae_scale_factor
-        if height % (2 * f) or width % (2 * f):
-            raise ValueError(f"Kontext height and width must be multiples of {2 * f}; got {height}x{width}.")
         shape = (batch, pipe.transformer.config.in_channels // 4, height // f, width // f)
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.transformer.device)
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(weight_device(pipe.transformer))
 
     def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The pipeline's grid: linspace(1, 1/n), shifted by mu from the number of target tokens (x's shape), then 0."""
@@ -132,7 +147,7 @@ class FluxKontextAdapter(BackboneAdapter):
     def predict_velocity(
         self, pipe: Any, transformer: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
-        dtype = transformer.dtype
+        dtype = weight_dtype(transformer)
         batch, channels, h, w = x.shape
         reference = cond["reference_latents"]
         ref_h, ref_w = reference.shape[2:]
@@ -157,6 +172,30 @@ class FluxKontextAdapter(BackboneAdapter):
 
     def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
         return vae_decode_images(pipe.vae, x0)
+
+    def random_conditioning(
+        self, pipe: Any, batch: int, *, height: int, width: int, num_frames: int = 1,
+        generator: torch.Generator | None = None, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Conditioning:
+        """T5 embeddings (`max_sequence_length` tokens), pooled CLIP embeddings and the VAE latents of a source of
+        this size (floored to the 2x2 packing, as `encode_prompts` floors the sources)."""
+        config = pipe.transformer.config
+        device = device if device is not None else weight_device(pipe.transformer)
+        t5 = pipe.text_encoder_2 if pipe.text_encoder_2 is not None else pipe.transformer
+        clip = pipe.text_encoder if pipe.text_encoder is not None else pipe.transformer
+        f = pipe.vae_scale_factor
+        latent = (batch, config.in_channels // 4, height // (2 * f) * 2, width // (2 * f) * 2)
+        return {
+            "prompt_embeds": self.random_tensor(
+                (batch, self.max_sequence_length, config.joint_attention_dim), generator, device,
+                dtype or weight_dtype(t5),
+            ),
+            "pooled_projections": self.random_tensor(
+                (batch, config.pooled_projection_dim), generator, device, dtype or weight_dtype(clip)
+            ),
+            "reference_latents": self.random_tensor(latent, generator, device, dtype or weight_dtype(pipe.vae)),
+        }
 
 
 def _check_sources(sources: torch.Tensor | None, batch: int) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
 from . import register_backbone
-from .base import BackboneAdapter, Conditioning, shifted_sigma_grid
+from .base import BackboneAdapter, Conditioning, shifted_sigma_grid, weight_device, weight_dtype
 from .tiny import eval_components, tiny_gemma_tokenizer
 
 
@@ -79,6 +79,7 @@ class LTX2Adapter(BackboneAdapter):
     # video self- and text cross-attention only (audio_attn1/2 and the audio<->video attentions stay frozen)
     lora_target_modules: ClassVar[str] = r".*transformer_blocks\.\d+\.attn[12]\.to_(q|k|v|out\.0)"
     lora_key_prefix: ClassVar[str] = "diffusion_model."
+    text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder", "connectors")  # connectors map Gemma's states
     fsdp_block_classes: ClassVar[tuple[str, ...]] = ("LTX2VideoTransformerBlock",)
 
     # Gemma tokens per prompt: the pipeline's default (so is the base class's frame rate, 24)
@@ -103,6 +104,9 @@ class LTX2Adapter(BackboneAdapter):
             latent_frames=frames, latent_height=h, latent_width=w, video_tokens=(frames // pt) * (h // p) * (w // p),
             audio_frames=round(num_frames / self.frame_rate * audio_per_second), frame_rate=self.frame_rate,
         )
+
+    def check_sample_size(self, pipe: Any, height: int, width: int, num_frames: int = 1) -> None:
+        self.layout(pipe, height, width, num_frames)
 
     @staticmethod
     def layout_of(cond: Conditioning) -> LTX2Layout:
@@ -186,7 +190,7 @@ class LTX2Adapter(BackboneAdapter):
         layout = self.layout(pipe, height, width, num_frames)
         embeds, mask, _, _ = pipe.encode_prompt(
             prompt=prompts, do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
-            device=pipe.transformer.device,
+            device=weight_device(pipe.transformer),
         )
         padding_side = getattr(pipe.tokenizer, "padding_side", "left")
         video_embeds, audio_embeds, connector_mask = pipe.connectors(embeds, mask, padding_side=padding_side)
@@ -219,7 +223,7 @@ class LTX2Adapter(BackboneAdapter):
                 f"The LTX-2 state concatenates video and audio tokens, so both must be equally wide; this model has "
                 f"{video.shape[2]} video and {audio.shape[2]} audio features per token (the real LTX-2 has 128 each)."
             )
-        return torch.cat([video, audio], dim=1).to(pipe.transformer.device)
+        return torch.cat([video, audio], dim=1).to(weight_device(pipe.transformer))
 
     def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The pipeline's grid: linspace(1, 1/n), shifted by mu from the number of video tokens, then 0."""
@@ -232,7 +236,7 @@ class LTX2Adapter(BackboneAdapter):
     ) -> torch.Tensor:
         layout = self.layout_of(cond)
         video, audio = layout.split(x)
-        dtype = transformer.dtype
+        dtype = weight_dtype(transformer)
         # the pipeline passes scheduler timesteps (sigma x num_train_timesteps) as both timestep and sigma
         timestep = (sigma * pipe.scheduler.config.num_train_timesteps).to(dtype)
         mask = cond["prompt_attention_mask"]
@@ -280,3 +284,22 @@ class LTX2Adapter(BackboneAdapter):
         latents = pipe._unpack_audio_latents(latents, layout.audio_frames, num_mel_bins=mel_bins)
         mel = audio_vae.decode(latents.to(audio_vae.dtype), return_dict=False)[0]
         return pipe.vocoder(mel).float(), int(pipe.vocoder.config.output_sampling_rate)
+
+    def random_conditioning(
+        self, pipe: Any, batch: int, *, height: int, width: int, num_frames: int = 1,
+        generator: torch.Generator | None = None, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Conditioning:
+        """The connectors' video and audio embeddings (`max_sequence_length` tokens in the transformer's caption
+        width, read from the transformer so that it works once the text side is released), an all-valid mask
+        (registers fill the padding) and the state layout of this size."""
+        device = device if device is not None else weight_device(pipe.transformer)
+        text = pipe.connectors if pipe.connectors is not None else pipe.transformer
+        dtype = dtype or weight_dtype(text)
+        shape = (batch, self.max_sequence_length, pipe.transformer.config.caption_channels)
+        return {
+            "prompt_embeds": self.random_tensor(shape, generator, device, dtype),
+            "audio_prompt_embeds": self.random_tensor(shape, generator, device, dtype),
+            "prompt_attention_mask": torch.ones(shape[:2], dtype=torch.int64, device=device),
+            "shared_layout": self.layout(pipe, height, width, num_frames),
+        }

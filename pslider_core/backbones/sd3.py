@@ -10,7 +10,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from . import register_backbone
-from .base import BackboneAdapter, Conditioning, vae_decode_images
+from .base import BackboneAdapter, Conditioning, vae_decode_images, weight_device, weight_dtype
 from .tiny import eval_components, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
 
 
@@ -32,6 +32,7 @@ class SD3Adapter(BackboneAdapter):
         "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
     )
     lora_key_prefix: ClassVar[str] = "transformer."
+    text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2", "text_encoder_3")
     fsdp_block_classes: ClassVar[tuple[str, ...]] = ("JointTransformerBlock",)
 
     # T5 tokens per prompt; the real pipeline's default is 256, the tiny one keeps it short.
@@ -61,13 +62,34 @@ class SD3Adapter(BackboneAdapter):
         )
         return eval_components(pipe)
 
+    def unreachable_lora_modules(self, transformer: nn.Module) -> list[str]:
+        """The last joint block discards its text stream (context_pre_only): its text queries reach no output."""
+        return [f"transformer_blocks.{transformer.config.num_layers - 1}.attn.add_q_proj"]
+
+    def check_sample_size(self, pipe: Any, height: int, width: int, num_frames: int = 1) -> None:
+        """Latent patches must fit the learned position embedding (pos_embed_max_size patches per side)."""
+        config = pipe.transformer.config
+        multiple = pipe.vae_scale_factor * config.patch_size
+        largest = (config.pos_embed_max_size or config.sample_size) * multiple
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"This {self.name} base renders sizes that are multiples of {multiple} px; got {height}x{width}. "
+                f"Pass --height and --width as multiples of {multiple}."
+            )
+        if max(height, width) > largest:
+            raise ValueError(
+                f"This {self.name} base renders at most {largest}x{largest} px (pos_embed_max_size "
+                f"{config.pos_embed_max_size} x patch {config.patch_size} x VAE factor {pipe.vae_scale_factor}); "
+                f"got {height}x{width}. Pass --height and --width of at most {largest} (or a larger base)."
+            )
+
     def encode_prompts(
         self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None, *, height: int, width: int,
         num_frames: int = 1,
     ) -> Conditioning:
         embeds, _, pooled, _ = pipe.encode_prompt(
             prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False,
-            device=pipe.transformer.device, max_sequence_length=self.max_sequence_length,
+            device=weight_device(pipe.transformer), max_sequence_length=self.max_sequence_length,
         )
         return {"prompt_embeds": embeds, "pooled_projections": pooled}
 
@@ -76,7 +98,7 @@ class SD3Adapter(BackboneAdapter):
     ) -> torch.Tensor:
         f = pipe.vae_scale_factor
         shape = (batch, pipe.transformer.config.in_channels, height // f, width // f)
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.transformer.device)
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(weight_device(pipe.transformer))
 
     def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         pipe.scheduler.set_timesteps(num_steps, device=x.device)
@@ -85,7 +107,7 @@ class SD3Adapter(BackboneAdapter):
     def predict_velocity(
         self, pipe: Any, transformer: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
-        dtype = transformer.dtype
+        dtype = weight_dtype(transformer)
         return transformer(
             hidden_states=x.to(dtype),
             timestep=(sigma * 1000).to(dtype),
@@ -96,3 +118,21 @@ class SD3Adapter(BackboneAdapter):
 
     def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
         return vae_decode_images(pipe.vae, x0)
+
+    def random_conditioning(
+        self, pipe: Any, batch: int, *, height: int, width: int, num_frames: int = 1,
+        generator: torch.Generator | None = None, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Conditioning:
+        """CLIP tokens then T5 tokens (`max_sequence_length`; the CLIP length when the pipeline has no T5, as
+        diffusers zero-fills it) in the joint attention width, and the pooled CLIP projections."""
+        config = pipe.transformer.config
+        device = device if device is not None else weight_device(pipe.transformer)
+        text = pipe.text_encoder if pipe.text_encoder is not None else pipe.transformer
+        dtype = dtype or weight_dtype(text)
+        t5_tokens = self.max_sequence_length if pipe.text_encoder_3 is not None else pipe.tokenizer_max_length
+        tokens = pipe.tokenizer_max_length + t5_tokens
+        return {
+            "prompt_embeds": self.random_tensor((batch, tokens, config.joint_attention_dim), generator, device, dtype),
+            "pooled_projections": self.random_tensor((batch, config.pooled_projection_dim), generator, device, dtype),
+        }

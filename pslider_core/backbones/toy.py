@@ -16,7 +16,7 @@ from ..toy.base_model import BASE_DIR, build_toy_base, load_toy_base, save_toy_b
 from ..toy.pipeline import sigma_grid, to_images
 from ..toy.text_encoder import ToyTextEncoder, ToyTokenizer
 from . import register_backbone
-from .base import Conditioning
+from .base import Conditioning, weight_device
 from .sd3 import SD3Adapter
 
 
@@ -55,6 +55,13 @@ class ToyAdapter(SD3Adapter):
         transformer, text_encoder, tokenizer = build_toy_base(hidden=32, head_dim=16, layers=2, text_dim=16)
         return ToyPipeline(transformer.eval(), text_encoder.eval(), tokenizer, {"pretrained": False})
 
+    def check_sample_size(self, pipe: Any, height: int, width: int, num_frames: int = 1) -> None:
+        size = pipe.transformer.config.sample_size
+        if (height, width) != (size, size):
+            raise ValueError(
+                f"The toy base draws {size}x{size} images; got {height}x{width}. Pass --height {size} --width {size}."
+            )
+
     def encode_prompts(
         self, pipe: Any, prompts: list[str], sources: torch.Tensor | None = None, *, height: int, width: int,
         num_frames: int = 1,
@@ -65,14 +72,29 @@ class ToyAdapter(SD3Adapter):
     def initial_noise(
         self, pipe: Any, batch: int, height: int, width: int, generator: torch.Generator, num_frames: int = 1
     ) -> torch.Tensor:
+        self.check_sample_size(pipe, height, width)
         size = pipe.transformer.config.sample_size
-        if (height, width) != (size, size):
-            raise ValueError(f"The toy base draws {size}x{size} images; got {height}x{width}. Use --resolution {size}.")
         noise = torch.randn((batch, pipe.transformer.config.in_channels, size, size), generator=generator)
-        return noise.to(pipe.transformer.device)
+        return noise.to(weight_device(pipe.transformer))
 
     def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return sigma_grid(num_steps).to(x.device)
 
     def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
         return to_images(x0.float())
+
+    def random_conditioning(
+        self, pipe: Any, batch: int, *, height: int, width: int, num_frames: int = 1,
+        generator: torch.Generator | None = None, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Conditioning:
+        """The toy text encoder's token embeddings (the tokenizer's fixed length) and pooled projection."""
+        config = pipe.text_encoder.config
+        device = device if device is not None else weight_device(pipe.transformer)
+        dtype = dtype or pipe.text_encoder.dtype
+        return {
+            "prompt_embeds": self.random_tensor(
+                (batch, pipe.tokenizer.max_length, config.joint_attention_dim), generator, device, dtype
+            ),
+            "pooled_projections": self.random_tensor((batch, config.pooled_projection_dim), generator, device, dtype),
+        }

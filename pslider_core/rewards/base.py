@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 # Decoders overshoot [0, 1] by a few 1e-3 after float16 arithmetic; anything beyond that is a wrong range.
 VALUE_TOLERANCE = 1e-2
@@ -148,6 +149,10 @@ class Reward:
             self.dtype = dtype
         return self
 
+    def torch_modules(self) -> list[nn.Module]:
+        """The torch models this reward has loaded, e.g. for the trainer to keep them off the GPU between stages."""
+        return []
+
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
         if not isinstance(batch, RewardBatch):
             raise TypeError(f"reward '{self.name}' takes a RewardBatch, got {type(batch).__name__}")
@@ -231,3 +236,15 @@ class ModelReward(Reward):
         super().to(device, dtype)
         self._loaded = None
         return self
+
+    def torch_modules(self) -> list[nn.Module]:
+        return _modules_in(self._loaded) if self._loaded is not None else []
+
+
+def _modules_in(obj: object) -> list[nn.Module]:
+    """nn.Modules of a loaded-models object: itself, the items of a tuple or list, or an embedder's attributes."""
+    if isinstance(obj, nn.Module):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [m for value in obj for m in _modules_in(value)]
+    return [value for value in getattr(obj, "__dict__", {}).values() if isinstance(value, nn.Module)]
