@@ -8,7 +8,13 @@ import click
 import torch
 
 from pslider_core.rewards import get_reward, parse_reward_list
-from pslider_core.rewards.server import LOOPBACK_HOSTS, RewardServer
+from pslider_core.rewards.server import (
+    LOOPBACK_HOSTS,
+    MAX_BODY_BYTES,
+    MAX_CONCURRENT,
+    READ_TIMEOUT,
+    RewardServer,
+)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -40,7 +46,38 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
     show_default=True,
     help="Load every model before serving so errors show at once.",
 )
-def main(rewards: str, host: str, port: int, device: str | None, dtype: str, preload: bool) -> None:
+@click.option(
+    "--max-body-mb",
+    default=MAX_BODY_BYTES / 2**20,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Largest request body in MiB; larger ones get 413 unread (remote: clients split batches to fit).",
+)
+@click.option(
+    "--read-timeout",
+    default=READ_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a client may go without sending a byte before its connection is dropped (408).",
+)
+@click.option(
+    "--max-concurrent",
+    default=MAX_CONCURRENT,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Requests read and scored at once; more get 503 (clients retry). Memory is at most this x --max-body-mb.",
+)
+def main(
+    rewards: str,
+    host: str,
+    port: int,
+    device: str | None,
+    dtype: str,
+    preload: bool,
+    max_body_mb: float,
+    read_timeout: float,
+    max_concurrent: int,
+) -> None:
     """Serve REWARDS at http://HOST:PORT (GET /rewards, POST /score/<reward>); clients use remote:<url>#<reward>."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,8 +90,18 @@ def main(rewards: str, host: str, port: int, device: str | None, dtype: str, pre
             reward.load()
     if host not in LOOPBACK_HOSTS:
         click.echo(f"WARNING: serving on {host} without authentication; anyone who can reach it can use it.", err=True)
-    server = RewardServer(served, host=host, port=port)
+    server = RewardServer(
+        served,
+        host=host,
+        port=port,
+        max_body_bytes=int(max_body_mb * 2**20),
+        read_timeout=read_timeout,
+        max_concurrent=max_concurrent,
+    )
     click.echo(f"serving {', '.join(r.name for r in served)} on {server.url}")
+    click.echo(
+        f"limits: bodies up to {max_body_mb:g} MiB, {read_timeout:g} s read timeout, {max_concurrent} requests in flight"
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
