@@ -5,12 +5,18 @@ process, epochs interleaved (so machine load affects both alike). The table repo
 and stage, the median CPU seconds per epoch (this process only: robust to other programs on a shared machine), and
 the ratio ParetoSlider / fixed weights of both (target: at most 1.10, i.e. preference conditioning costs under 10%).
 
-    python benchmarks/train_step.py [--backbones sd3,fluxkontext,ltx2] [--epochs 5] [--objective nft]
+    python benchmarks/train_step.py [--backbones sd3,fluxkontext,ltx2] [--epochs 5] [--objective nft] [--profile]
+
+`--profile` also runs the ParetoSlider epochs under cProfile and prints the share of the epoch spent in per-forward
+bookkeeping: reading diffusers' `.dtype` / `.device` (each walks every parameter), setting up the preference hooks
+and switching between the trained, old and reference adapters.
 """
 
 from __future__ import annotations
 
+import cProfile
 import json
+import pstats
 import statistics
 import sys
 import tempfile
@@ -68,6 +74,36 @@ def _epoch_seconds(trainer: ParetoSliderTrainer, epoch: int) -> dict[str, float]
     return times
 
 
+# (file, function) of the per-forward bookkeeping `--profile` reports, by what it is
+OVERHEADS = {
+    "diffusers .dtype/.device": [("modeling_utils.py", "dtype"), ("modeling_utils.py", "device")],
+    "preference hook set-up": [("conditioning.py", "preference_conditioning")],
+    "adapter switching": [("policies.py", "_switch")],
+}
+
+
+def overhead_shares(backbone: str, epochs: int, objective: str) -> dict[str, float]:
+    """Share of the ParetoSlider epochs' time (cumulative, under cProfile) in each kind of bookkeeping."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        get_backbone(backbone).tiny_pipeline(seed=0).save_pretrained(folder / "base")
+        trainer = _trainer(folder, backbone, folder / "base", objective, "slider")
+        trainer.train_epoch(0)
+        profile = cProfile.Profile()
+        profile.enable()
+        for epoch in range(1, epochs + 1):
+            trainer.train_epoch(epoch)
+        profile.disable()
+    stats = pstats.Stats(profile).stats
+    total = sum(tottime for _, _, tottime, _, _ in stats.values())
+
+    def cumulative(targets: list[tuple[str, str]]) -> float:
+        return sum(v[3] for (file, _, name), v in stats.items() if any(file.endswith(f) and name == n
+                                                                        for f, n in targets))
+
+    return {kind: cumulative(targets) / total for kind, targets in OVERHEADS.items()}
+
+
 def benchmark(backbone: str, epochs: int, objective: str) -> dict[str, dict[str, float]]:
     """Median seconds per epoch and stage for ParetoSlider and the fixed-weights baseline on one backbone."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +130,8 @@ def benchmark(backbone: str, epochs: int, objective: str) -> dict[str, dict[str,
 @click.option("--backbones", default="sd3,fluxkontext,ltx2", show_default=True, help="Comma-separated backbones.")
 @click.option("--epochs", default=5, show_default=True, help="Timed epochs per trainer (after one warm-up epoch).")
 @click.option("--objective", type=click.Choice(["nft", "grpo"]), default="nft", show_default=True)
-def main(backbones: str, epochs: int, objective: str) -> None:
+@click.option("--profile", is_flag=True, help="Also print the share of per-forward bookkeeping (cProfile).")
+def main(backbones: str, epochs: int, objective: str, profile: bool) -> None:
     """Print seconds per epoch by stage and the ParetoSlider / fixed-weights ratio."""
     torch.set_num_threads(1)
     diffusers.utils.logging.set_verbosity_error()
@@ -114,6 +151,12 @@ def main(backbones: str, epochs: int, objective: str) -> None:
         for name, times in result.items():
             cells = " ".join(f"{times[s]:>12.3f}" for s in COLUMNS)
             print(f"{backbone:<12} {name:<14} {cells} {ratios if name == 'paretoslider' else ''}")
+    if profile:
+        print(f"\nshare of the ParetoSlider epoch (cProfile, {epochs} epochs)")
+        print(f"{'backbone':<12} " + " ".join(f"{kind:>26}" for kind in OVERHEADS))
+        for backbone in backbones.split(","):
+            shares = overhead_shares(backbone, epochs, objective)
+            print(f"{backbone:<12} " + " ".join(f"{shares[kind]:>25.1%} " for kind in OVERHEADS))
 
 
 if __name__ == "__main__":

@@ -471,7 +471,7 @@ class ParetoSliderTrainer:
                     for i in index
                 ])
                 sigmas = adapter.sigmas(pipe, config.num_steps, noise, cond)
-                rollouts.sigmas = sigmas
+                rollouts.sigmas = sigmas.cpu()  # read per loss pass: from host memory, no GPU sync
                 velocity = self._velocity(cond, uncond, w, policy)
                 if config.objective == "nft":
                     x0 = ode_sample(velocity, noise, sigmas, solver=config.solver)
@@ -561,7 +561,7 @@ class ParetoSliderTrainer:
         order = torch.randperm(n, generator=_generator(config.seed, "order", epoch, self.accelerator.process_index))
         passes = self._passes(rollouts, epoch)
         num_passes = passes.shape[1]
-        stats: list[dict[str, float]] = []
+        stats: list[dict[str, torch.Tensor]] = []
         norms: list[float] = []
         bar = tqdm(total=n * num_passes, desc=f"epoch {epoch + 1} loss", leave=False, disable=self._quiet)
         model_w = plan.w[index].to(device)
@@ -583,7 +583,7 @@ class ParetoSliderTrainer:
         if norms and config.objective == "nft":
             update_old_policy_(self.policies.old, self.policies.trainable, lagged_decay(self.step))
         keys = sorted(stats[0])
-        local = torch.tensor([[s[k] for k in keys] for s in stats], dtype=torch.float64).mean(dim=0)
+        local = torch.stack([torch.stack([s[k].double() for k in keys]) for s in stats]).mean(dim=0)
         means = self.accelerator.reduce(local.to(device), reduction="mean").cpu().tolist()  # over processes
         out = dict(zip(keys, means))
         if norms:
@@ -611,7 +611,7 @@ class ParetoSliderTrainer:
     def compute_loss(
         self, plan: EpochPlan, rollouts: Rollouts, data: dict[str, torch.Tensor], passes: torch.Tensor,
         mb: torch.Tensor, j: int, w: torch.Tensor, weight: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of the local samples `mb` at their j-th trained step (a mean over the micro-batch) and its stats.
 
         nft: x_t = (1 - t) x0 + t eps at a grid timestep; v_theta (with grad), v_old, v_ref (no adapter, no w).
@@ -622,11 +622,11 @@ class ParetoSliderTrainer:
         sigmas = rollouts.sigmas
         if config.objective == "nft":
             x = data["x0"][mb]
-            t = sigmas[passes[mb, j]].to(x.device)
-            eps = torch.stack([  # per sample, so the draw does not depend on batching or the number of processes
+            t = _to_device(sigmas[passes[mb, j]], x.device)
+            eps = _to_device(torch.stack([  # per sample: the draw depends neither on batching nor on processes
                 torch.randn(x.shape[1:], generator=_generator(config.seed, "eps", plan.epoch, int(i), j))
                 for i in rollouts.index[mb]
-            ]).to(x.device, x.dtype)
+            ]), x.device).to(x.dtype)
             shape = (-1,) + (1,) * (x.ndim - 1)
             x_t = (1 - t.view(shape)) * x + t.view(shape) * eps
             with torch.no_grad():
@@ -637,7 +637,7 @@ class ParetoSliderTrainer:
         start = self._sde_window(plan.epoch)[0]
         old_log_prob = data["log_probs"][j, mb]
         x, x_next = data["latents"][j, mb], data["latents"][j + 1, mb]
-        s, s_next = sigmas[start + j], sigmas[start + j + 1]
+        s, s_next = (_to_device(sigmas[k], x.device) for k in (start + j, start + j + 1))
         sigma = s.expand(len(mb))
         kwargs = dict(noise_level=config.noise_level, kind=config.sde_kind, sigma_max_denominator=float(sigmas[1]))
         v_theta = self.model(x, sigma, cond, w, CURRENT)
@@ -821,6 +821,13 @@ def _gradients_unsynced(model: FSDPModule) -> Iterator[None]:
         yield
     finally:
         model.set_requires_gradient_sync(True)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the GPU (a pageable copy would: pinned and asynchronous)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _coders(pipe: Any, adapter: Any) -> list[torch.nn.Module]:

@@ -43,7 +43,7 @@ def grpo_loss(
     mean_ref: torch.Tensor | None,
     std: torch.Tensor | float,
     config: GRPOConfig,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """mean max(-A rho, -A clip(rho, 1 - eps, 1 + eps)) + kl_weight mean((mu_theta - mu_ref)^2 / (2 std^2)).
 
     rho = exp(log_prob - old_log_prob); A is clipped to +-adv_clip; std is `SDEStep.std` (g for "sde", s for
@@ -71,13 +71,13 @@ def grpo_loss(
     else:
         kl = torch.zeros((), device=log_prob.device)
     loss = policy_loss + config.kl_weight * kl
-    with torch.no_grad():
+    with torch.no_grad():  # 0-d tensors, not floats: reading them per loss pass would wait for the GPU
         stats = {
-            "loss": loss.item(),
-            "policy_loss": policy_loss.item(),
-            "kl": kl.item(),
-            "approx_kl": (0.5 * (log_prob - old_log_prob).float().square().mean()).item(),
-            "clip_fraction": ((ratio - 1).abs() > eps).float().mean().item(),
-            "ratio_mean": ratio.mean().item(),
+            "loss": loss.detach(),
+            "policy_loss": policy_loss.detach(),
+            "kl": kl.detach(),
+            "approx_kl": 0.5 * (log_prob - old_log_prob).float().square().mean(),
+            "clip_fraction": ((ratio - 1).abs() > eps).float().mean(),
+            "ratio_mean": ratio.mean(),
         }
     return loss, stats

@@ -58,7 +58,7 @@ def nft_loss(
     t: torch.Tensor,
     r: torch.Tensor,
     config: NFTConfig,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """adv_clip * mean((r L+ + (1 - r) L-) / beta) + kl_weight * mean((v_theta - v_ref)^2) (no KL when v_ref is None).
 
     v+ = beta v_theta + (1 - beta) v_old, v- = (1 + beta) v_old - beta v_theta: raising r pulls the positive policy's
@@ -82,14 +82,15 @@ def nft_loss(
     policy_loss = config.adv_clip * ((r * loss_pos + (1 - r) * loss_neg) / beta).mean()
     kl = (v_theta - v_ref.detach().to(dtype)).square().mean() if v_ref is not None else v_theta.new_zeros(())
     loss = policy_loss + config.kl_weight * kl
-    stats = {
-        "loss": loss.item(),
-        "policy_loss": policy_loss.item(),
-        "kl": kl.item(),
-        "positive_loss": loss_pos.mean().item(),
-        "negative_loss": loss_neg.mean().item(),
-        "old_deviation": (v_theta.detach() - v_old).square().mean().item(),
-    }
+    with torch.no_grad():  # 0-d tensors, not floats: reading them per loss pass would wait for the GPU
+        stats = {
+            "loss": loss.detach(),
+            "policy_loss": policy_loss.detach(),
+            "kl": kl.detach(),
+            "positive_loss": loss_pos.mean(),
+            "negative_loss": loss_neg.mean(),
+            "old_deviation": (v_theta.detach() - v_old).square().mean(),
+        }
     return loss, stats
 
 
