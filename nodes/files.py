@@ -1,9 +1,10 @@
 """Where ParetoSlider files live in ComfyUI, and the module-level cache of loaded ones.
 
-Files are listed from the pack's own `models/pareto_slider` folder and from `loras` (only files carrying
-ParetoSlider metadata, so plain LoRAs do not clutter the list). V3 nodes have no instance state, so loaded files
-are cached here, keyed by (path, mtime, size): a retrained file under the same name is reloaded, and an entry is
-released as soon as no patched MODEL uses it any more (weak values).
+Files are listed from the pack's own `models/pareto_slider` folder and from `loras` (only valid ParetoSlider files
+there, so plain LoRAs and damaged files do not clutter the list; a damaged file in the pack's folder stays listed and
+the reward-names route answers with its error). V3 nodes have no instance state, so loaded files are cached here,
+keyed by (path, mtime, size): a retrained file under the same name is reloaded, and an entry is released as soon as
+no patched MODEL uses it any more (weak values).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import folder_paths
 
-from ..pslider_core import ParetoSliderFile, PreferenceModules, load_pareto_slider, read_header
+from ..pslider_core import ParetoSliderFile, ParetoSliderFileError, PreferenceModules, load_pareto_slider, read_header
 
 FOLDER = "pareto_slider"
 SEARCHED = (FOLDER, "loras")
@@ -33,11 +34,20 @@ def _stat_key(path: str) -> tuple[str, int, int]:
     return path, st.st_mtime_ns, st.st_size
 
 
+def _is_pareto_slider(path: str) -> bool:
+    """Whether `path` is a valid ParetoSlider file; False for one removed while the folder is listed."""
+    try:
+        return _valid_header(_stat_key(path))
+    except OSError:
+        return False
+
+
 @functools.lru_cache(maxsize=4096)
-def _has_metadata(key: tuple[str, int, int]) -> bool:
+def _valid_header(key: tuple[str, int, int]) -> bool:
+    """Cached by (path, mtime, size): ComfyUI lists the folders on every node-definition request."""
     try:
         read_header(key[0])
-    except (ValueError, OSError):  # ParetoSliderFileError is a ValueError
+    except (ParetoSliderFileError, FileNotFoundError):  # all it raises, whatever the file holds (test_file_fuzz.py)
         return False
     return True
 
@@ -47,7 +57,7 @@ def list_files() -> list[str]:
     names = [n for n in folder_paths.get_filename_list(FOLDER) if n.endswith(".safetensors")]
     for name in folder_paths.get_filename_list("loras"):
         path = folder_paths.get_full_path("loras", name)
-        if name.endswith(".safetensors") and name not in names and path and _has_metadata(_stat_key(path)):
+        if name.endswith(".safetensors") and name not in names and path and _is_pareto_slider(path):
             names.append(name)
     return names
 

@@ -7,6 +7,8 @@ them, so the one form both load at the trained strength is alpha == rank with th
 from __future__ import annotations
 
 import re
+import reprlib
+import sys
 from dataclasses import asdict, dataclass
 import torch
 from peft import LoraConfig
@@ -51,9 +53,26 @@ class LoraSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoraSpec":
-        targets = data.get("target_modules", ())
-        return cls(rank=int(data["rank"]), alpha=float(data["alpha"]),
-                   target_modules=targets if isinstance(targets, str) else tuple(targets))
+        """The spec from its `to_dict` form (a file's metadata), every field type-checked, not coerced."""
+        if not isinstance(data, dict):
+            raise ValueError(f"A LoRA spec must be a JSON object, got {type(data).__name__}.")
+        rank, alpha, targets = data.get("rank"), data.get("alpha"), data.get("target_modules", ())
+        excluded = data.get("exclude_modules", ())
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"LoRA rank must be an integer >= 1, got {reprlib.repr(rank)}.")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= sys.float_info.max:
+            raise ValueError(f"LoRA alpha must be a finite number > 0, got {reprlib.repr(alpha)}.")
+        if not isinstance(targets, str) and not _strings(targets):
+            raise ValueError(
+                f"LoRA target_modules must be a string or a list of strings, got {reprlib.repr(targets)}."
+            )
+        if not _strings(excluded):
+            raise ValueError(f"LoRA exclude_modules must be a list of strings, got {reprlib.repr(excluded)}.")
+        return cls(rank, float(alpha), targets if isinstance(targets, str) else tuple(targets), tuple(excluded))
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
