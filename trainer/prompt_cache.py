@@ -7,6 +7,7 @@ of processes, or on whether the run was resumed (batched encoders round differen
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Hashable, Sequence
 
 import torch
@@ -49,13 +50,18 @@ class PromptCache:
         return len(self.rows) == len(set(self.keys))
 
     def fill(self) -> bool:
-        """Encode every prompt of the file; False (after the first block) if they would not all fit the budget."""
-        blocks = range(0, len(self.keys), self.block)
-        first = self._add_block(0)
-        if max(map(conditioning_bytes, first.values())) * len(set(self.keys)) > self.max_bytes:
-            return False
-        for start in blocks[1:]:
-            self._add_block(start // self.block)
+        """Encode every prompt not cached yet (prefilled ones are skipped); False, after the first block encoded, if
+        they would not all fit the budget."""
+        encoded = 0
+        for block in range(math.ceil(len(self.keys) / self.block)):
+            indices = range(block * self.block, min((block + 1) * self.block, len(self.keys)))
+            if all(self.keys[i] in self.rows for i in indices):
+                continue
+            rows = self._add_block(block)
+            encoded += 1
+            row_bytes = max(map(conditioning_bytes, rows.values()))
+            if encoded == 1 and self.nbytes + row_bytes * (len(set(self.keys)) - len(self.rows)) > self.max_bytes:
+                return False
         return self.complete
 
     def get(self, indices: Sequence[int], device: torch.device | str) -> Conditioning:
