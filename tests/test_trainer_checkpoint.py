@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from trainer import checkpoint as ckpt
+from trainer.config import TrainConfig
 
 
 def _save(root, epoch: int, keep: int = 2):
@@ -102,3 +104,32 @@ def test_rng_state_is_json_and_restores_every_generator():
     ckpt.set_rng_state(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def test_resume_of_a_finished_run_writes_its_output_and_fewer_epochs_are_refused(tmp_path):
+    """A run killed while writing its output file has a checkpoint of its last epoch: resuming it with the same
+    --epochs only writes the file; fewer epochs than that checkpoint holds cannot be resumed."""
+    config = TrainConfig(epochs=2)
+    ckpt.save_checkpoint(tmp_path, 2, {"trainable": {"w": torch.zeros(1)}},
+                         {"epoch": 2, "fingerprint": config.fingerprint()}, keep=1)
+    assert ckpt.check_resume(tmp_path, config).state["epoch"] == 2
+    with pytest.raises(ckpt.CheckpointError, match="already completed 2 epochs and --epochs is 1; pass --epochs 2"):
+        ckpt.check_resume(tmp_path, TrainConfig(epochs=1))
+
+
+def test_write_errors_name_the_cause_the_fix_and_what_is_intact(tmp_path):
+    full = ckpt.write_error(OSError(errno.ENOSPC, "No space left on device"), "checkpoint epoch-000001 in X",
+                            "--checkpoint-dir", tmp_path, epochs=3)
+    assert isinstance(full, OSError) and str(full) == (
+        "Could not write checkpoint epoch-000001 in X: the disk is full ([Errno 28] No space left on device); free "
+        "space there or pass --checkpoint-dir on another disk. There is no earlier checkpoint: then run the same "
+        "command again."
+    )
+    _save(tmp_path, 3)
+    denied = ckpt.write_error(PermissionError(errno.EACCES, "Permission denied"), "the output file F", "--output",
+                              tmp_path, epochs=3)
+    assert str(denied) == (
+        "Could not write the output file F: [Errno 13] Permission denied; fix that or pass another --output. The "
+        f"checkpoint {tmp_path / 'epoch-000003'} (epoch 3) is intact: then --resume {tmp_path} writes the output "
+        "file without training again."
+    )

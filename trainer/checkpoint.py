@@ -11,6 +11,7 @@ temporary file and `os.replace`. A process killed at any moment leaves `latest` 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -39,6 +40,28 @@ _NAME = re.compile(r"^epoch-(\d{6})$")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed; the message says why and what to do."""
+
+
+class DiskWriteError(OSError):
+    """A checkpoint or output file that could not be written; the message says what is still intact on disk."""
+
+
+def write_error(err: Exception, what: str, option: str, root: str | os.PathLike, epochs: int) -> DiskWriteError:
+    """The error for a failed write of `what`: its cause (named as a full disk when it is one; safetensors reports
+    ENOSPC as a SafetensorError, not an OSError), where to make room, and what `--resume root` will do after that."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    full = getattr(err, "errno", None) in codes or any(f"(os error {code})" in str(err) for code in codes)
+    cause = f"the disk is full ({err})" if full else str(err)
+    fix = f"free space there or pass {option} on another disk" if full else f"fix that or pass another {option}"
+    try:
+        last = find_checkpoint(root)
+    except (CheckpointError, OSError):
+        return DiskWriteError(f"Could not write {what}: {cause}; {fix}. There is no earlier checkpoint: then run the "
+                              "same command again.")
+    done = last.state.get("epoch")
+    then = "writes the output file without training again" if done == epochs else "continues from it"
+    return DiskWriteError(f"Could not write {what}: {cause}; {fix}. The checkpoint {last.path} (epoch {done}) is "
+                          f"intact: then --resume {root} {then}.")
 
 
 @dataclass
@@ -126,7 +149,8 @@ def find_checkpoint(path: str | os.PathLike) -> Checkpoint:
         else:
             raise CheckpointError(
                 f"{str(path)!r} holds no complete checkpoint (no {LATEST} file, no epoch-NNNNNN folder with "
-                f"{STATE_FILE}); pass the --checkpoint-dir of an earlier run."
+                f"{STATE_FILE}). A run stopped before its first checkpoint leaves none: start it again without "
+                "--resume; otherwise pass the --checkpoint-dir of an earlier run."
             )
     else:
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist; pass the --checkpoint-dir of an earlier run.")
@@ -157,10 +181,11 @@ def check_resume(path: str | os.PathLike, config: "TrainConfig") -> Checkpoint:
             f"Cannot resume from {checkpoint.path}: it was trained with other settings ({'; '.join(diffs)}). "
             "Pass the same settings as that run, or start a new run with another --checkpoint-dir."
         )
-    if checkpoint.state["epoch"] >= config.epochs:
+    if checkpoint.state["epoch"] > config.epochs:  # equal: a run stopped while writing its output file
         raise CheckpointError(
             f"Checkpoint {checkpoint.path} already completed {checkpoint.state['epoch']} epochs and --epochs is "
-            f"{config.epochs}; raise --epochs to train further."
+            f"{config.epochs}; pass --epochs {checkpoint.state['epoch']} to write its output file, or more to train "
+            "further."
         )
     return checkpoint
 

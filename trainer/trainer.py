@@ -38,6 +38,7 @@ from accelerate.utils import (
     parse_flag_from_env,
     set_seed,
 )
+from safetensors import SafetensorError
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
 from tqdm.auto import tqdm
 
@@ -76,6 +77,7 @@ from pslider_core.samplers import (
 from .checkpoint import (
     Checkpoint,
     check_resume,
+    checkpoint_name,
     gathered,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -84,6 +86,7 @@ from .checkpoint import (
     set_rng_state,
     shard_like,
     shard_optimizer_state,
+    write_error,
 )
 from .config import TrainConfig
 from .data import InputError, PromptItem, TrainInputs, load_sources, validate_inputs
@@ -711,7 +714,12 @@ class ParetoSliderTrainer:
                 "fingerprint": self.config.fingerprint(), "config_fields": self.config.fingerprint_fields(),
                 "optimizer": opt_meta, "rng": rng, "history": self.history,
             }
-            save_checkpoint(self.config.checkpoint_path(), self.epoch, tensors, state, self.config.keep_checkpoints)
+            root = self.config.checkpoint_path()
+            try:
+                save_checkpoint(root, self.epoch, tensors, state, self.config.keep_checkpoints)
+            except (OSError, SafetensorError) as err:  # a full disk; the previous checkpoint is untouched
+                raise write_error(err, f"checkpoint {checkpoint_name(self.epoch)} in {root}", "--checkpoint-dir", root,
+                                  self.config.epochs) from None
         self.accelerator.wait_for_everyone()
 
     def _restore(self, checkpoint: Checkpoint) -> None:
@@ -771,7 +779,11 @@ class ParetoSliderTrainer:
         with self.ema.swapped_in(self.policies.trainable) if self.ema is not None else nullcontext():
             file = self.slider.to_file(self.training_metadata())  # may share storage with the weights: save here
             if self.accelerator.is_main_process:
-                save_pareto_slider(path, file)
+                try:
+                    save_pareto_slider(path, file)
+                except (OSError, SafetensorError) as err:  # the final checkpoint holds everything the file would
+                    raise write_error(err, f"the output file {path}", "--output", self.config.checkpoint_path(),
+                                      self.config.epochs) from None
         self.accelerator.wait_for_everyone()
         return path
 
