@@ -104,7 +104,7 @@ def _latest_epoch(checkpoints: Path) -> int:
     return int(latest.read_text().strip().removeprefix("epoch-")) if latest.is_file() else 0
 
 
-def _aim(run: Run, stage: str, target: int, epochs: int, rng: random.Random) -> None:
+def _aim(run: Run, stage: str, target: int, rng: random.Random) -> None:
     """Wait for `stage` of epoch `target` to begin, then a random moment into it."""
     if stage == "startup":
         time.sleep(rng.uniform(0.2, 3.0))
@@ -182,8 +182,9 @@ def test_kill_9_anywhere_then_resume_ends_with_the_weights_of_an_uninterrupted_r
     script = Path(sys.executable).with_name("pslider-train")
     assert script.is_file(), f"{script} is missing: install the project with pip install -e ."
     straight = tmp_path / "straight" / "run.safetensors"
-    reference = subprocess.Popen([str(script), *args(straight)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)
+    reference_log = tmp_path / "straight.log"
+    with reference_log.open("w") as log:  # a file, not a pipe: nobody reads it while the kills run
+        reference = subprocess.Popen([str(script), *args(straight)], stdout=log, stderr=subprocess.STDOUT)
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["trainer.cli"])
@@ -199,15 +200,14 @@ def test_kill_9_anywhere_then_resume_ends_with_the_weights_of_an_uninterrupted_r
             run.process.join(300)
             assert run.process.exitcode == 0, run.text()[-3000:]
             break
-        _aim(run, stage, resumed_from + (ahead[i] if stage != "output" else 0), epochs, rng)
+        _aim(run, stage, resumed_from + (ahead[i] if stage != "output" else 0), rng)
         killed = run.kill()
         assert killed, f"kill {i} ({stage}) came after the run finished:\n{run.text()[-2000:]}"
         landings.append(_landing(run, resumed_from, epochs))
         aimed.append(f"{stage} {resumed_from}->{_latest_epoch(checkpoints)}: {landings[-1]}")
     chain_s = time.monotonic() - started
 
-    out, _ = reference.communicate(timeout=300)
-    assert reference.returncode == 0, out[-3000:]
+    assert reference.wait(timeout=300) == 0, reference_log.read_text()[-3000:]
     _same_tensors(load_file(straight), load_file(output), "output file")
     last = checkpoint_name(epochs)
     for group in GROUPS:
