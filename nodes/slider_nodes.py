@@ -3,6 +3,8 @@ inputs only at the end and as optional, because saved workflows store widget val
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from comfy_api.latest import io
@@ -12,6 +14,8 @@ from .patching import patch_model
 from .weights import MAX_REWARDS, FixedWeights, ScheduledWeights, SweepWeights, describe, slider_weights, sweep_points
 
 CATEGORY = "ParetoSlider"
+STRENGTH_RANGE = (0.0, 2.0)
+WEIGHT_RANGE = (0.0, 1.0)
 
 
 def _file_input() -> io.Combo.Input:
@@ -27,7 +31,7 @@ def _common_inputs() -> list[io.Input]:
         io.Model.Input("model", tooltip="The base model the file was trained on, from any loader."),
         _file_input(),
         io.Float.Input(
-            "strength", default=1.0, min=0.0, max=2.0, step=0.01,
+            "strength", default=1.0, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.01,
             tooltip="Strength of the file's LoRA (1 = as trained). The preference modules are always applied.",
         ),
     ]
@@ -36,7 +40,7 @@ def _common_inputs() -> list[io.Input]:
 def _sliders(prefix: str, label: str, defaults: tuple[float, ...]) -> list[io.Input]:
     return [
         io.Float.Input(
-            f"{prefix}{i + 1}", default=defaults[i], min=0.0, max=1.0, step=0.01,
+            f"{prefix}{i + 1}", default=defaults[i], min=WEIGHT_RANGE[0], max=WEIGHT_RANGE[1], step=0.01,
             display_mode=io.NumberDisplay.slider,
             tooltip=f"{label} of reward {i + 1}. Weights are normalized to sum to 1; sliders past the file's "
             "rewards must stay 0 (the web extension names the used ones and hides the rest).",
@@ -54,6 +58,19 @@ def _model_output() -> io.Model.Output:
 
 def _weights_ui(lines: list[str], weights: list[list[float]]) -> dict[str, Any]:
     return {"text": lines, "weights": weights}
+
+
+def check_finite(values: Mapping[str, float]) -> None:
+    """Refuse NaN and infinite FLOAT inputs: ComfyUI's range check lets NaN through (every comparison with it is
+    false) and does not check linked values, and a NaN strength or weight renders an all-NaN latent."""
+    bad = [name for name, value in values.items() if not math.isfinite(float(value))]
+    if bad:
+        ranges = {name: STRENGTH_RANGE if name == "strength" else WEIGHT_RANGE for name in bad}
+        fixes = "; ".join(f"set {name} to a number from {lo:g} to {hi:g}" for name, (lo, hi) in ranges.items())
+        raise ValueError(
+            f"{', '.join(f'{name} = {values[name]}' for name in bad)}: ParetoSlider inputs must be finite numbers; "
+            f"{fixes} (an API prompt must send numbers, not NaN or Infinity; a linked input must give a finite one)."
+        )
 
 
 class ParetoSliderApply(io.ComfyNode):
@@ -76,6 +93,7 @@ class ParetoSliderApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: Any, file: str, strength: float, **sliders: float) -> io.NodeOutput:
+        check_finite({"strength": strength, **sliders})
         loaded = files.load(file)
         w = slider_weights([sliders[f"w{i + 1}"] for i in range(MAX_REWARDS)], loaded.reward_names)
         patched = patch_model(model, loaded, strength, FixedWeights(w))
@@ -112,6 +130,7 @@ class ParetoSliderSweep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: Any, file: str, strength: float, points: int) -> io.NodeOutput:
+        check_finite({"strength": strength})
         loaded = files.load(file)
         policy = SweepWeights(sweep_points(len(loaded.reward_names), points))
         patched = patch_model(model, loaded, strength, policy)
@@ -145,6 +164,7 @@ class ParetoSliderSchedule(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: Any, file: str, strength: float, **sliders: float) -> io.NodeOutput:
+        check_finite({"strength": strength, **sliders})
         loaded = files.load(file)
         names = loaded.reward_names
         start, end = (

@@ -17,7 +17,6 @@ import math
 import os
 import reprlib
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_file
 from .backbones import available_backbones, get_backbone
 from .lora import LoraSpec, lora_modules
 from .modules import CONFIG_LIMITS, PreferenceModuleConfig, PreferenceModules
@@ -91,22 +91,16 @@ class ParetoSliderFile:
 
 
 def save_pareto_slider(path: str | os.PathLike, data: ParetoSliderFile) -> Path:
-    """Write atomically (temp file in the same folder + rename): a crash never leaves a half-written file."""
+    """Write atomically (temp file in the same folder + rename): a crash never leaves a half-written file, and the
+    file's mode follows the umask, so a ComfyUI running as another user can read it."""
     path = Path(path)
     tensors = {MODULE_PREFIX + k: v.detach().float().cpu().contiguous() for k, v in data.module_state.items()}
     for key, value in data.lora_state.items():
         if key.startswith(MODULE_PREFIX):
             raise ParetoSliderFileError(f"LoRA key {key!r} collides with the module prefix {MODULE_PREFIX!r}.")
         tensors[key] = value.detach().float().cpu().contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(data.metadata())})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(data.metadata())})
     return path
 
 

@@ -47,6 +47,7 @@ class CheckpointInfo:
     kind: str  # PARETO_SLIDER or FIXED_WEIGHTS
     fixed_weights: tuple[float, ...] | None  # on the simplex, for FIXED_WEIGHTS
     training: dict[str, Any] = field(default_factory=dict)
+    base_model: str = ""  # what the run trained on: a hub id or a local folder
 
     @property
     def reward_names(self) -> tuple[str, ...]:
@@ -88,7 +89,7 @@ def describe_checkpoint(path: str | os.PathLike, backbone: str | None = None) ->
             fixed = simplex_point(spec, training["fixed_weights"])
         except (TypeError, ValueError) as err:
             raise ParetoSliderFileError(f"{path.name}: its fixed_weights metadata is invalid ({err}).") from None
-    return CheckpointInfo(path, meta["backbone"], spec, kind, fixed, training)
+    return CheckpointInfo(path, meta["backbone"], spec, kind, fixed, training, meta.get("base_model") or "")
 
 
 # ---------------------------------------------------------------------------------------------------- generation

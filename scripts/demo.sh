@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
 # The offline demo (docs/toy.md): train a ParetoSlider on the shipped toy base (fill colour vs sketch look), then
-# sweep it with pslider-eval against the base model on held-out prompts. A few minutes on one CPU core.
+# sweep it with pslider-eval against the base model on held-out prompts. About 2 minutes on 2 cores (README).
 #
 #   bash scripts/demo.sh [OUTPUT_FOLDER]        (default: toy_demo)
 #
 # Leaves in OUTPUT_FOLDER: toy_slider.safetensors (the ParetoSlider file), front.png (the reward front, ParetoSlider
 # vs base), grid.png (held-out prompts across the slider's weights), and eval/ (scores.csv, summary.json, samples).
-# Settings: trainer/configs/toy.toml; extra options go in PSLIDER_TRAIN_ARGS / PSLIDER_EVAL_ARGS (they win).
+# Every run starts afresh: the outputs above left by an earlier run are removed first (and it says so), nothing
+# else in OUTPUT_FOLDER is touched.
+#
+# Settings: trainer/configs/toy.toml; extra options go in PSLIDER_TRAIN_ARGS / PSLIDER_EVAL_ARGS (they win), e.g. a
+# seconds-long run (tests/test_demo_benchmark.py):
+#   PSLIDER_TRAIN_ARGS="--epochs 1 --prompts-per-epoch 2 --images-per-prompt 4 --num-steps 2 --train-timesteps 1" \
+#   PSLIDER_EVAL_ARGS="--grid 3 --seeds 0" bash scripts/demo.sh /tmp/demo
 set -euo pipefail
 out="${1:-toy_demo}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$out"
+
+owned=(toy_slider.safetensors toy_slider.checkpoints toy_slider.logs eval front.png grid.png)
+earlier=()
+for name in "${owned[@]}"; do
+    if [[ -e "$out/$name" ]]; then earlier+=("$name"); fi
+done
+if (( ${#earlier[@]} )); then
+    echo "== $out/ holds an earlier demo run: removing its ${earlier[*]} to start afresh"
+    for name in "${earlier[@]}"; do rm -rf -- "${out:?}/$name"; done
+fi
 
 echo "== writing the toy world's prompts to $out/ (train: seen in pretraining; held-out: unseen colour/shape pairs)"
 python - "$out" <<'PY'

@@ -1,13 +1,11 @@
-"""The README's demo pieces and the toy benchmark run end to end, in seconds-long versions, on the shipped toy base.
-
-The full scripts/demo.sh is not run here: its two CLI start-ups alone take ~20 s each on a loaded 2-core machine;
-the benchmark test drives the same pslider-eval code in-process.
-"""
+"""The README's demo (scripts/demo.sh, twice in a row) and the toy benchmark run end to end, in seconds-long
+versions, on the shipped toy base."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import re
 import subprocess
 import sys
@@ -15,12 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from pslider_core.file_format import load_pareto_slider
 from pslider_core.toy.dataset import heldout_prompts, train_prompts
-from trainer.cli import main as train_main
 from trainer.config import read_toml, resolve_config, to_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,27 +39,32 @@ def _is_png(path: Path) -> bool:
         return image.format == "PNG" and min(image.size) > 0
 
 
-def _demo_prompt_step() -> str:
-    """The Python the demo script runs to write its prompt files (the heredoc in scripts/demo.sh)."""
-    script = (ROOT / "scripts" / "demo.sh").read_text()
-    match = re.search(r"<<'PY'\n(.*?)\nPY\n", script, re.S)
-    assert match, "scripts/demo.sh no longer writes its prompts with a python heredoc; update this test"
-    return match.group(1)
+def _flags(settings: dict) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
 
 
-def test_demo_pieces_run(tmp_path: Path) -> None:
-    """The demo's prompt step, then its training command (1 epoch) on the shipped toy base with toy.toml."""
+def test_demo_script_runs_twice_in_a_row(tmp_path: Path) -> None:
+    """The README's main command, as a user runs it, twice in the same folder: the second run says that it starts
+    afresh and does, with the seconds-long settings the script documents (PSLIDER_TRAIN_ARGS / PSLIDER_EVAL_ARGS)."""
     out = tmp_path / "demo"
-    out.mkdir()
-    subprocess.run([sys.executable, "-", str(out)], input=_demo_prompt_step(), text=True, check=True, timeout=60)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PSLIDER_TRAIN_ARGS": f"{_flags(TINY)} --no-progress",
+           "PSLIDER_EVAL_ARGS": "--grid 3 --seeds 0 --no-progress"}
+    runs = [subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), str(out)], env=env, capture_output=True,
+                           text=True, timeout=600, check=False) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert f"== done: {out}/toy_slider.safetensors" in run.stdout
+        assert "the base recorded in the checkpoint" in run.stderr  # pslider-eval took the file's base
+    assert "earlier demo run" not in runs[0].stdout
+    assert (f"== {out}/ holds an earlier demo run: removing its toy_slider.safetensors toy_slider.checkpoints "
+            "toy_slider.logs eval front.png grid.png to start afresh") in runs[1].stdout
+    points = 3 * len(heldout_prompts()) + len(heldout_prompts())  # the slider's grid, and the base model
+    assert f"{points} samples scored now, 0 already in" in runs[1].stdout  # nothing reused from the first run
     assert (out / "train.txt").read_text().split("\n")[:-1] == train_prompts()
     assert (out / "heldout.txt").read_text().split("\n")[:-1] == heldout_prompts()
-    flags = [a for k, v in TINY.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-    result = CliRunner().invoke(train_main, ["--config", str(ROOT / "trainer" / "configs" / "toy.toml"),
-                                             "--prompts", str(out / "train.txt"),
-                                             "--output", str(out / "toy_slider.safetensors"), *flags, "--no-progress"])
-    assert result.exit_code == 0, result.output
     assert load_pareto_slider(out / "toy_slider.safetensors", "toy").reward_names == ("toy_color", "toy_sketch")
+    assert _is_png(out / "front.png") and _is_png(out / "grid.png")
 
 
 def test_benchmark_pipeline_end_to_end(tmp_path: Path, pareto_toy) -> None:

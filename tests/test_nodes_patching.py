@@ -307,6 +307,28 @@ def test_bad_weights_are_clear_errors(weights, message, library):
         apply(tiny_model("sd3"), name, *weights)
 
 
+@pytest.mark.parametrize(
+    ("node", "name", "value", "fix"),
+    [
+        ("apply", "strength", math.nan, "set strength to a number from 0 to 2"),
+        ("apply", "w2", math.inf, "set w2 to a number from 0 to 1"),
+        ("sweep", "strength", -math.inf, "set strength to a number from 0 to 2"),
+        ("schedule", "strength", math.nan, "set strength to a number from 0 to 2"),
+        ("schedule", "end_w1", math.nan, "set end_w1 to a number from 0 to 1"),
+    ],
+)
+def test_non_finite_float_inputs_are_node_errors_naming_the_input(node, name, value, fix, library):
+    """A NaN strength used to render an all-NaN latent without an error (ComfyUI's range check lets NaN through)."""
+    file = library.add("f.safetensors", "sd3")
+    inputs = {"apply": {"strength": 1.0, **sliders(0.5, 0.5)}, "sweep": {"strength": 1.0, "points": 3},
+              "schedule": {"strength": 1.0, **sliders(1.0, prefix="start_w"), **sliders(0.0, 1.0, prefix="end_w")}}
+    cls = {"apply": Apply, "sweep": Sweep, "schedule": Schedule}[node]
+    with pytest.raises(ValueError) as err:
+        cls.execute(model=tiny_model("sd3"), file=file, **{**inputs[node], name: value})
+    message = str(err.value)
+    assert message.startswith(f"{name} = {value}: ParetoSlider inputs must be finite numbers") and fix in message
+
+
 def test_schedule_names_the_bad_slider(library):
     name = library.add("f.safetensors", "sd3", lora=False)
     with pytest.raises(ValueError, match="end_w5 = 0.2"):

@@ -60,3 +60,14 @@ def test_comfy_registry_validation_passes():
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "passed" in output, output
+
+
+def test_license_text_and_registry_conformant_metadata():
+    """PEP 639: an SPDX `license` expression plus `license-files`, which setuptools reads from version 77 on."""
+    import tomllib
+
+    text = (ROOT / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"] and "END OF TERMS AND CONDITIONS" in text
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert (pyproject["project"]["license"], pyproject["project"]["license-files"]) == ("Apache-2.0", ["LICENSE"])
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]

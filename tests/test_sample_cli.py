@@ -6,6 +6,7 @@ fixed-weights file also gets random modules, to show they are never hooked in.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -33,11 +34,13 @@ REWARDS = ["brightness", "saturation"]
 FAST = ["--steps", "2", "--height", "32", "--width", "32", "--device", "cpu"]
 
 
-def make_slider_file(backbone: str, path: Path, *, pipe=None, training: dict | None = None, seed: int = 1) -> Path:
+def make_slider_file(backbone: str, path: Path, *, pipe=None, training: dict | None = None, seed: int = 1,
+                     base_model: str = "") -> Path:
     """A ParetoSlider file with random weights for a tiny (or given) pipeline of `backbone`."""
     adapter = get_backbone(backbone)
     pipe = pipe if pipe is not None else adapter.tiny_pipeline(seed=0)
-    slider = ParetoSlider.attach(pipe.transformer, backbone, REWARDS, lora=LoraSpec(4, 4, adapter.lora_target_modules))
+    slider = ParetoSlider.attach(pipe.transformer, backbone, REWARDS, lora=LoraSpec(4, 4, adapter.lora_target_modules),
+                                 base_model=base_model)
     randomize_(slider.trainable_parameters(), seed=seed, std=0.2)
     return slider.save(path, training=training)
 
@@ -265,6 +268,26 @@ def test_sample_cli_toy_backbone_with_the_shipped_base(tmp_path):
                   "--out", tmp_path / "out", *FAST])
     assert result.exit_code == 0, result.output
     assert len(result.stdout.split()) == 2
+
+
+@pytest.mark.skipif(not (TOY_BASE_DIR / "toy_base.json").is_file(),
+                    reason="the shipped toy base (pslider_core/toy/assets/base) is not built in this checkout")
+def test_without_base_the_folder_recorded_in_the_file_is_loaded_while_it_exists(tmp_path):
+    """A file trained on a local base (e.g. the tiny preset's saved base) samples without --base; once that folder
+    is gone, the backbone's default base is loaded, and stderr says which it took."""
+    base = Path(shutil.copytree(TOY_BASE_DIR, tmp_path / "base"))
+    checkpoint = make_slider_file("toy", tmp_path / "toy.safetensors", pipe=get_backbone("toy").load_pipeline(base),
+                                  base_model=str(base))
+    args = ["--backbone", "toy", "--checkpoint", checkpoint, "--prompt", "a red circle", "--weights", "1,0", *FAST]
+    recorded = run([*args, "--out", tmp_path / "recorded"])
+    assert recorded.exit_code == 0, recorded.output
+    assert f"--base not given: loading {base}, the base recorded in the checkpoint." in recorded.stderr
+    assert read_png_metadata(recorded.stdout.strip())["base"] == str(base)
+    shutil.rmtree(base)
+    default = run([*args, "--out", tmp_path / "default"])
+    assert default.exit_code == 0, default.output
+    assert f"records base {str(base)!r}, which is no folder here; loading the backbone's default" in default.stderr
+    assert read_png_metadata(default.stdout.strip())["base"] == str(TOY_BASE_DIR)
 
 
 def test_sample_cli_toy_backbone_with_a_saved_tiny_base(tmp_path):

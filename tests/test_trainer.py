@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -21,8 +25,10 @@ from safetensors.torch import load_file
 from pslider_core import ParetoSlider, get_backbone, load_pareto_slider
 from pslider_core.rewards import RewardBatch, get_reward
 from pslider_core.samplers import ode_sample
-from trainer.cli import main
+from trainer.checkpoint import find_checkpoint
+from trainer.cli import interrupted_message, main
 from trainer.config import resolve_config
+from trainer.sample_cli import main as sample_main
 from trainer.trainer import ParetoSliderTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,6 +186,11 @@ def test_tiny_preset_builds_and_saves_its_base(tmp_path):
     assert (base / "model_index.json").is_file()
     assert load_pareto_slider(output).base_model == str(base)
     assert sample("sd3", base, output, [(0.5, 0.5)]).shape[1:] == (4, 3, 32, 32)
+    # pslider-sample finds that base in the file: without --base it used to try the hub id and fail
+    result = CliRunner().invoke(sample_main, ["--backbone", "sd3", "--checkpoint", str(output), "--prompt", PROMPTS[0],
+                                              "--weights", "0.5,0.5", "--out", str(tmp_path / "samples")])
+    assert result.exit_code == 0, result.output
+    assert f"loading {base}, the base recorded in the checkpoint" in result.stderr
 
 
 def test_fixed_weights_baseline(tiny_base, tmp_path):
@@ -239,6 +250,42 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tiny_base, tm
         m["reward/brightness"] for m in metrics_lines(resumed)
     ]
     assert load_pareto_slider(resumed).training["steps"] == 3
+
+
+# ---------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_names_the_last_checkpoint_and_the_exact_resume_command(tiny_base, tmp_path):
+    """SIGINT to a real `pslider-train` mid-run: exit 130 and the command that resumes it (click alone printed only
+    "Aborted!")."""
+    output, root = tmp_path / "run one" / "run.safetensors", tmp_path / "run one" / "run.checkpoints"
+    args = tiny_args("sd3", tiny_base("sd3"), write_prompts(tmp_path, "sd3"), output, "--epochs", "500",
+                     "--checkpoint-every", "1", "--no-progress")
+    process = subprocess.Popen([str(Path(sys.executable).parent / "pslider-train"), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (root / "latest").is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    match = re.search(r"Interrupted with (\d+) of 500 epochs done; last checkpoint: (.+) \(epoch (\d+)\)\. Resume "
+                      r"with:\n  (.+)\n", stderr)
+    assert match, stderr[-3000:]
+    last = find_checkpoint(root)
+    assert Path(match[2]) == last.path and int(match[3]) == last.state["epoch"] <= int(match[1])
+    assert shlex.split(match[4]) == ["pslider-train", *args, "--resume", str(root)]
+    assert "Aborted!" not in stderr
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path):
+    config = resolve_config({}, {"output": str(tmp_path / "run.safetensors"), "checkpoint_every": 0})
+    assert interrupted_message(config, ["--output", config.output], 3) == (
+        f"Interrupted with 3 of {config.epochs} epochs done; no checkpoint was written yet (they are written only at "
+        "the end with --checkpoint-every 0), so there is nothing to resume: run the same command again to start "
+        "over; --checkpoint-every 1 keeps every finished epoch."
+    )
 
 
 # ---------------------------------------------------------------------- NaN / inf

@@ -104,6 +104,8 @@ def test_resume_mismatches_and_existing_runs(sd3_run):
     run_cli(args())
     checkpoints = output.with_name("x.checkpoints")
     _fails(args("--epochs", "2"), "already holds checkpoints", f"--resume {checkpoints}")
+    _fails(args(), "holds the checkpoints of a finished run (1 epochs, --epochs is 1)",  # the same command again
+           f"pass --resume {checkpoints} with --epochs above 1", f"remove {checkpoints} or pick another --output")
     _fails(args("--epochs", "2", "--resume", str(checkpoints), "--lr", "0.5"),
            "Cannot resume", "lr: checkpoint 0.01, now 0.5", "Pass the same settings")
     _fails(args("--epochs", "2", "--resume", str(checkpoints.with_name("elsewhere"))), "does not exist")

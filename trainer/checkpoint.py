@@ -6,7 +6,8 @@ Layout of a checkpoint folder (`--checkpoint-dir`):
     latest                 text file naming the newest complete checkpoint, replaced last
 
 A checkpoint is written into a hidden temporary folder and renamed into place; `latest` is rewritten through a
-temporary file and `os.replace`. A process killed at any moment leaves `latest` naming a complete checkpoint.
+temporary file and `os.replace` (`pslider_core.atomic`: modes follow the umask). A process killed at any moment
+leaves `latest` naming a complete checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from pslider_core.atomic import PREFIX as TEMPORARY_PREFIX
+from pslider_core.atomic import atomic_dir, write_text_atomic
 from pslider_core.lora import full_tensor
 
 if TYPE_CHECKING:
@@ -88,34 +90,15 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically, point `latest` at it, then delete all but the newest `keep`."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(epoch)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
-    try:
+    final = root / name
+    with atomic_dir(final) as tmp:  # replaces a folder of that name left by an earlier run that went further
         for group, values in tensors.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, str(tmp / f"{group}.safetensors"))
         (tmp / STATE_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **state}))
-        final = root / name
-        if final.exists():  # left by an earlier run that went further; this run's version replaces it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _write_text_atomic(root / LATEST, name + "\n")
+    write_text_atomic(root / LATEST, name + "\n")
     _prune(root, keep, name)
     return final
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _complete(root: Path) -> list[Path]:
@@ -125,7 +108,7 @@ def _complete(root: Path) -> list[Path]:
 
 
 def _prune(root: Path, keep: int, current: str) -> None:
-    for stale in root.glob(".tmp-epoch-*"):
+    for stale in root.glob(f"{TEMPORARY_PREFIX}epoch-*"):
         shutil.rmtree(stale, ignore_errors=True)
     complete = _complete(root)
     for old in complete[: max(len(complete) - keep, 0)]:
@@ -190,14 +173,26 @@ def check_resume(path: str | os.PathLike, config: "TrainConfig") -> Checkpoint:
     return checkpoint
 
 
-def check_fresh(root: str | os.PathLike) -> None:
-    """Refuse to start a new run on top of an existing one (its checkpoints would be overwritten)."""
+def check_fresh(root: str | os.PathLike, epochs: int) -> None:
+    """Refuse to start a new run on top of an existing one (its checkpoints would be overwritten), with advice that
+    fits: a finished run (`epochs` done) cannot be resumed without more epochs."""
     root = Path(root)
-    if root.is_dir() and ((root / LATEST).is_file() or _complete(root)):
+    if not (root.is_dir() and ((root / LATEST).is_file() or _complete(root))):
+        return
+    try:
+        done = find_checkpoint(root).state.get("epoch")
+    except CheckpointError:
+        done = None
+    if isinstance(done, int) and done >= epochs:
         raise CheckpointError(
-            f"{root} already holds checkpoints of a run; pass --resume {root} to continue it, or pick another "
-            "--checkpoint-dir (or --output) for a new run."
+            f"{root} holds the checkpoints of a finished run ({done} epochs, --epochs is {epochs}). To train it "
+            f"further pass --resume {root} with --epochs above {done}; to start a new run remove {root} or pick "
+            "another --output (or --checkpoint-dir)."
         )
+    raise CheckpointError(
+        f"{root} already holds checkpoints of a run; pass --resume {root} to continue it, or pick another "
+        "--checkpoint-dir (or --output) for a new run."
+    )
 
 
 # ---------------------------------------------------------------------- sharded (FSDP2) tensors

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 import typing
 from dataclasses import fields
 from typing import Any, Callable
@@ -19,6 +21,7 @@ import click
 import diffusers
 import transformers
 
+from .checkpoint import CheckpointError, find_checkpoint
 from .config import TrainConfig, read_toml, resolve_config, to_toml
 from .data import InputError, validate_inputs
 from .trainer import ParetoSliderTrainer, TrainingAborted
@@ -69,13 +72,50 @@ def main(config_file: str | None, print_config: bool, **options: Any) -> None:
         inputs = validate_inputs(config)
     except (ValueError, OSError) as err:
         raise click.UsageError(str(err)) from None
+    trainer: ParetoSliderTrainer | None = None
     try:
         trainer = ParetoSliderTrainer(config, inputs)
         trainer.train()
     except (InputError, TrainingAborted, OSError) as err:  # unfit setup, persistent NaN, a base that did not load
         raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:  # Ctrl-C: click alone would print only "Aborted!"
+        if int(os.environ.get("RANK", "0")) == 0:
+            done = trainer.epoch if trainer is not None else None
+            click.echo(interrupted_message(config, sys.argv[1:], done), err=True)
+        raise click.exceptions.Exit(130) from None
     if trainer.accelerator.is_main_process:
         click.echo(trainer.summary())
+
+
+def interrupted_message(config: TrainConfig, argv: list[str], epochs_done: int | None) -> str:
+    """For a run stopped by Ctrl-C: its last checkpoint and the exact command that resumes from it (this run's
+    arguments, its --resume replaced), or that there is nothing to resume yet."""
+    head = f"Interrupted with {epochs_done} of {config.epochs} epochs done" if epochs_done is not None else (
+        "Interrupted before training started")
+    for root in filter(None, (str(config.checkpoint_path()), config.resume)):
+        try:
+            last = find_checkpoint(root)
+        except CheckpointError:
+            continue
+        command = shlex.join(["pslider-train", *_without_resume(argv), "--resume", root])
+        return f"{head}; last checkpoint: {last.path} (epoch {last.state['epoch']}). Resume with:\n  {command}"
+    schedule = (f"every {config.checkpoint_every} epochs and at the end" if config.checkpoint_every
+                else "only at the end with --checkpoint-every 0")
+    return (f"{head}; no checkpoint was written yet (they are written {schedule}), so there is nothing to resume: "
+            "run the same command again to start over; --checkpoint-every 1 keeps every finished epoch.")
+
+
+def _without_resume(argv: list[str]) -> list[str]:
+    """The command line without its --resume option (the resume command adds its own)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--resume="):
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
 
 
 def _setup_logging() -> None:

@@ -187,7 +187,7 @@ def validate_inputs(config: TrainConfig) -> TrainInputs:
     if config.resume:
         check_resume(config.resume, config)
     else:
-        check_fresh(config.checkpoint_path())
+        check_fresh(config.checkpoint_path(), config.epochs)
     return TrainInputs(adapter, items, rewards, spec, mixture)
 
 

@@ -54,6 +54,7 @@ from .sample_cli import (
     load_base,
     load_slider,
     parse_floats,
+    resolve_base,
     resolve_settings,
     sampling_options,
 )
@@ -244,7 +245,7 @@ def plan_jobs(plan: Plan, table: ScoreTable, out: Path, ext: str) -> list[Job]:
     return jobs
 
 
-def run_jobs(plan: Plan, jobs: list[Job], table: ScoreTable, out: Path, base: str | None, device: str, dtype: str,
+def run_jobs(plan: Plan, jobs: list[Job], table: ScoreTable, out: Path, base: str, device: str, dtype: str,
              video_format: str, progress: bool) -> None:
     """Load the base once, then each method's checkpoint in turn; generate, score and append batch by batch."""
     adapter, settings = plan.adapter, plan.settings
@@ -432,6 +433,7 @@ def main(checkpoints: tuple[str, ...], include_base: bool, prompts: str, rewards
             "checkpoints, prompts, seeds and --grid as before (adding more is fine), or use a new --out."
         )
     ext = "png" if adapter.modality == "image" else video_format
+    base = resolve_base(base, infos, adapter)
     jobs = plan_jobs(plan, table, out_dir, ext)
     if jobs:
         run_jobs(plan, jobs, table, out_dir, base, device, dtype, video_format, progress)
@@ -439,7 +441,7 @@ def main(checkpoints: tuple[str, ...], include_base: bool, prompts: str, rewards
     click.echo(f"{scored} samples scored now, {len(plan.keys()) - scored} already in {table.path}.")
 
     run_info = {
-        "backbone": backbone, "base": base or adapter.default_base,
+        "backbone": backbone, "base": base,
         "checkpoints": {info.path.stem: str(info.path) for info in infos}, "prompts": len(items),
         "seeds": plan.seeds, "grid": grid_size, **plan.settings.as_kwargs(),
     }

@@ -59,7 +59,8 @@ def sampling_options(command: Callable) -> Callable:
     options = [
         click.option("--backbone", required=True, help="Backbone adapter: sd3, fluxkontext, ltx2 or toy."),
         click.option("--base", default=None, help="Base model: hub id or local diffusers folder [default: the "
-                                                  "backbone's default base model]."),
+                                                  "folder the checkpoint records as its base, if it exists, else "
+                                                  "the backbone's default base model]."),
         click.option("--steps", "num_steps", type=int, default=None,
                      help="ODE steps [default: the checkpoint's training setting, else 25]."),
         click.option("--solver", type=click.Choice(ODE_SOLVERS), default=None,
@@ -150,7 +151,31 @@ def parse_floats(text: str, option: str) -> list[float]:
         raise click.UsageError(f"{option} {text!r} is not a comma-separated list of numbers such as 0.3,0.7.") from None
 
 
-def load_base(adapter: BackboneAdapter, base: str | None, device: str, dtype: str) -> Any:
+def resolve_base(base: str | None, infos: list[CheckpointInfo], adapter: BackboneAdapter) -> str:
+    """--base, else the local folder the checkpoints were trained on (the tiny preset's saved base, a local model),
+    else the backbone's default base model; says on stderr which recorded base it loads or passes over."""
+    if base:
+        return base
+    recorded = sorted({info.base_model for info in infos if info.base_model})
+    local = [folder for folder in recorded if Path(folder).expanduser().is_dir()]
+    if len(local) > 1:
+        raise click.UsageError(
+            f"The checkpoints were trained on different base models ({', '.join(local)}); pass --base with the one "
+            "to load, or evaluate them separately."
+        )
+    if local:
+        click.echo(f"--base not given: loading {local[0]}, the base recorded in the checkpoint.", err=True)
+        return local[0]
+    for other in recorded:
+        if other != adapter.default_base:
+            click.echo(
+                f"--base not given: the checkpoint records base {other!r}, which is no folder here; loading the "
+                f"backbone's default {adapter.default_base} (pass --base to load another).", err=True,
+            )
+    return adapter.default_base
+
+
+def load_base(adapter: BackboneAdapter, base: str, device: str, dtype: str) -> Any:
     """The base pipeline on its device, in inference mode; a base that cannot load is a clear error."""
     try:
         target = resolve_device(device)
@@ -160,7 +185,7 @@ def load_base(adapter: BackboneAdapter, base: str | None, device: str, dtype: st
     diffusers.utils.logging.disable_progress_bar()  # per-component loading bars; the CLIs have their own
     transformers.utils.logging.disable_progress_bar()
     try:
-        pipe = adapter.load_pipeline(base or adapter.default_base, torch_dtype=torch_dtype)
+        pipe = adapter.load_pipeline(base, torch_dtype=torch_dtype)
     except (OSError, ValueError) as err:
         raise click.ClickException(f"--base: {err}") from None
     pipe = move_pipeline(pipe, target)
@@ -222,6 +247,7 @@ def main(checkpoint: str, prompt: str, source: str | None, weights_list: tuple[s
         raise click.UsageError(f"--seed must be >= 0, got {list(seeds)}.")
     items = source_items(adapter, prompt, source)
     settings = resolve_settings(adapter, info, given)
+    base = resolve_base(base, [info], adapter)
 
     pipe = load_base(adapter, base, device, dtype)
     slider = load_slider(info, pipe)
@@ -242,7 +268,7 @@ def main(checkpoint: str, prompt: str, source: str | None, weights_list: tuple[s
         metadata = {
             "prompt": prompt, "seed": seed, "weights": None if tag_weights is None else list(tag_weights),
             "reward_names": list(info.reward_names), "kind": info.kind, "checkpoint": str(info.path),
-            "backbone": backbone, "base": base or adapter.default_base, "source": source, **settings.as_kwargs(),
+            "backbone": backbone, "base": base, "source": source, **settings.as_kwargs(),
         }
         stem = sample_name(tag_weights, seed, slug(prompt))
         path = save_sample(sample, out, stem, metadata, video_format, adapter.frame_rate)

@@ -49,6 +49,7 @@ from pslider_core.advantages import (
     group_advantages,
     scalarize_advantages,
 )
+from pslider_core.atomic import atomic_dir
 from pslider_core.backbones import Conditioning, select_conditioning
 from pslider_core.ema import EMA
 from pslider_core.file_format import save_pareto_slider
@@ -266,11 +267,10 @@ class ParetoSliderTrainer:
             if not base and config.preset == "tiny":  # built once, then loaded like any base (and by pslider-sample)
                 folder = config.output_path().with_name(config.output_path().stem + ".tiny-base")
                 if self.accelerator.is_main_process and not folder.is_dir():
-                    partial = folder.with_name(f".{folder.name}.{os.getpid()}")
-                    adapter.tiny_pipeline(seed=config.seed).save_pretrained(partial)
-                    os.rename(partial, folder)
-                    logger.info("Saved the tiny %s base to %s (pass it as --base to pslider-sample).", adapter.name,
-                                folder)
+                    with atomic_dir(folder) as partial:
+                        adapter.tiny_pipeline(seed=config.seed).save_pretrained(partial)
+                    logger.info("Saved the tiny %s base to %s (recorded in the output file: pslider-sample and "
+                                "pslider-eval load it when --base is left out).", adapter.name, folder)
                 self.accelerator.wait_for_everyone()
                 base = str(folder)
             base = base or adapter.default_base

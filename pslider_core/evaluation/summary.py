@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import write_text_atomic
 from .controllability import controllability
 from .pareto import default_reference, hypervolume, minmax_normalise, non_dominated
 from .scores import MethodMeans
@@ -181,19 +181,8 @@ def compute_summary(
 
 
 def write_summary(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write summary.json atomically (temp file + rename), strict JSON."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(summary, indent=2, allow_nan=False)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text + "\n")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
+    """Write summary.json atomically (temp file + rename; mode from the umask), strict JSON."""
+    return write_text_atomic(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
 
 
 def _format(value: float | None, digits: int = 4) -> str:
