@@ -233,3 +233,16 @@ def test_eval_toy_backbone(tmp_path, shipped):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert set(summary["methods"]) == {"toy", "base"}
     assert len(_rows(tmp_path / "out" / "scores.csv")) == (3 + 1) * 2 * 2
+
+
+def test_checkpoints_recording_different_base_folders_need_an_explicit_base(tmp_path):
+    """Without --base, pslider-eval loads the base the files record; two different ones are refused before any
+    model loads, naming both."""
+    bases = [save_tiny_base("toy", tmp_path / name) for name in ("base_a", "base_b")]
+    files = [make_slider_file("toy", tmp_path / f"{b.name}.safetensors", base_model=str(b)) for b in bases]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    result = run(["--backbone", "toy", "--checkpoint", files[0], "--checkpoint", files[1], "--prompts", prompts,
+                  "--grid", "2", "--out", tmp_path / "out", *FAST])
+    assert result.exit_code == 2
+    assert f"trained on different base models ({bases[0]}, {bases[1]}); pass --base" in result.output
