@@ -74,9 +74,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                 os.chmod(os.path.join(folder, name), mode)
             for name in files:
                 os.chmod(os.path.join(folder, name), mode & 0o666)
-        if path.exists():
-            shutil.rmtree(path)
-        os.rename(tmp, path)
+        if path.exists():  # moved aside first: a kill while deleting never leaves a half-deleted `path`
+            stale = temporary_name(path)
+            os.rename(path, stale)
+            os.rename(tmp, path)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -381,6 +381,8 @@ class ParetoSliderTrainer:
         """One epoch; returns its metrics (the step is skipped, and counted, on NaN/inf rewards or loss)."""
         plan = self.plan(epoch)
         timer = _Timer(self.accelerator.device)
+        if timer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(timer.device)
         if not self._encoded:
             with timer("encode"):
                 self._encode_once()
@@ -394,7 +396,21 @@ class ParetoSliderTrainer:
             advantages = self.compute_advantages(plan, rewards)
             stats = self.optimize(plan, rollouts, advantages) if advantages is not None else {}
         metrics = reward_metrics(rewards, self.inputs.spec.reward_names, None if self.config.is_baseline else plan.w)
-        return {**metrics, **stats, **timer.totals(), "optimizer_steps": self.step, "skipped_steps": self.skipped}
+        return {**metrics, **stats, **timer.totals(), **self._memory(), "optimizer_steps": self.step,
+                "skipped_steps": self.skipped}
+
+    def _memory(self) -> dict[str, float]:
+        """GB of pipeline weights on the training device after the epoch, of the prompt cache (host), and on CUDA
+        the epoch's allocation peak."""
+        device = self.accelerator.device
+        modules = [m for m in vars(self.pipe).values() if isinstance(m, torch.nn.Module)]
+        tensors = [t.to_local() if hasattr(t, "to_local") else t  # this process's shard under FSDP
+                   for m in modules for t in (*m.parameters(), *m.buffers()) if t.device.type == device.type]
+        out = {"memory/weights_gb": sum(t.numel() * t.element_size() for t in tensors) / 1e9,
+               "memory/prompt_cache_gb": sum(c.nbytes for c in (self.prompt_cache, self.negative_cache) if c) / 1e9}
+        if device.type == "cuda":
+            out["memory/peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+        return out
 
     # ------------------------------------------------------------------ stage 0: plan
     def plan(self, epoch: int) -> EpochPlan:
