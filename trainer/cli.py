@@ -56,8 +56,11 @@ def _with_config_options(command: Callable) -> Callable:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of options (flat keys).")
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration as TOML and exit.")
+@click.option("--estimate-memory", is_flag=True,
+              help="Print the per-GPU memory of this configuration (each model, trained tensors and their copies, "
+                   "activations, the peak of every stage, FSDP) and exit; reads only config files, no weights.")
 @_with_config_options
-def main(config_file: str | None, print_config: bool, **options: Any) -> None:
+def main(config_file: str | None, print_config: bool, estimate_memory: bool, **options: Any) -> None:
     """Train a ParetoSlider: one LoRA + preference modules covering the trade-offs between several rewards."""
     given = {k: v for k, v in options.items() if v is not None}
     try:
@@ -66,6 +69,9 @@ def main(config_file: str | None, print_config: bool, **options: Any) -> None:
         raise click.UsageError(str(err)) from None
     if print_config:
         click.echo(to_toml(config), nl=False)
+        return
+    if estimate_memory:
+        _print_memory_estimate(config)
         return
     _setup_logging()
     try:
@@ -116,6 +122,17 @@ def _without_resume(argv: list[str]) -> list[str]:
         else:
             kept.append(arg)
     return kept
+
+
+def _print_memory_estimate(config: TrainConfig) -> None:
+    """`--estimate-memory`: the memory model of `config` (pslider_core.memory), built on the meta device."""
+    from pslider_core.memory import estimate_memory
+
+    try:
+        report = estimate_memory(config)
+    except (ValueError, TypeError, FileNotFoundError) as err:  # configs missing, a reward of unknown models
+        raise click.UsageError(str(err)) from None
+    click.echo(report.table(), nl=False)
 
 
 def _setup_logging() -> None:
