@@ -900,8 +900,8 @@ def _epoch_states(config: Any, adapter: BackboneAdapter, x: torch.Tensor, cond: 
 class _Footprint:
     """Stage peaks from the parts of the estimate, on one GPU or per GPU of `processes` FSDP processes.
 
-    Residency follows the trainer: the text encoders encode every prompt before the first epoch and are released
-    (unless --no-offload-text-encoders), the VAEs come to the GPU only to encode or decode (--offload-vae), the reward
+    Residency follows the trainer: the text encoders encode every prompt before the transformer and the trained
+    tensors come to the GPU and are then released (unless --no-offload-text-encoders), the VAEs come to the GPU only to encode or decode (--offload-vae), the reward
     models load at their first use and stay (unless --offload-rewards), Adam's moments exist from the first step on,
     gradients only in the optimisation stage; the epoch's conditioning and every rollout's state stay for the epoch,
     and the optimisation stage stacks the states into one more copy.
@@ -940,9 +940,10 @@ class _Footprint:
             resident.append(("reward models (kept after their first use)", self.reward_bytes))
         encoding = max(self.transients["text encoders (largest forward)"], self.transients.get("source encoding", 0))
         vae_in = [] if not config.offload_vae else [("VAE (on the GPU for this stage)", vae)]
-        if config.offload_text_encoders:
-            encode = Stage("encode", tuple(base + before_step + [("text encoders", text)]
-                                           + [("VAE (on the GPU while encoding)", vae)]
+        if config.offload_text_encoders:  # before the transformer moves; the VAE encodes sources (Kontext)
+            sources = "source encoding" in self.transients
+            vae_here = [("VAE (encodes the sources)", vae)] if sources or not config.offload_vae else []
+            encode = Stage("encode", tuple([("text encoders", text)] + vae_here
                                            + [("text encoder / source encoding forward", encoding)]))
         else:
             encode = Stage("encode", tuple(resident + vae_in + [("epoch conditioning", conditioning),

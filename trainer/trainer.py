@@ -158,9 +158,13 @@ class Chunk:
 class ParetoSliderTrainer:
     """Late-scalarized multi-objective RL on one backbone (method.md), runnable under `accelerate launch`."""
 
-    def __init__(self, config: TrainConfig, inputs: TrainInputs | None = None, pipeline: Any = None) -> None:
-        """`pipeline`: an already built base pipeline to train instead of loading `config.base` (benchmarks of
-        random-weight real configurations; its frozen components are placed and frozen here like loaded ones)."""
+    def __init__(
+        self, config: TrainConfig, inputs: TrainInputs | None = None, pipeline: Any = None,
+        conditioning: Conditioning | None = None,
+    ) -> None:
+        """`pipeline`: an already built base pipeline to train instead of loading `config.base`; `conditioning`: the
+        conditioning of every prompt of the prompts file (one batch, file order) to use instead of encoding them
+        (benchmarks on random-weight real configurations, whose text encoders are not built)."""
         self.config = config
         self.inputs = inputs if inputs is not None else validate_inputs(config)
         self.adapter = self.inputs.adapter
@@ -180,6 +184,14 @@ class ParetoSliderTrainer:
         self.fsdp = self._fsdp_plugin()
         set_seed(config.seed)
         self.pipe, self.base_model = self._load_pipeline(pipeline)
+        self.prompt_cache = self._new_prompt_cache(negative=False)
+        self.negative_cache = self._new_prompt_cache(negative=True) if config.guidance_scale > 1 else None
+        if conditioning is not None:
+            for cache in filter(None, (self.prompt_cache, self.negative_cache)):
+                cache.put(list(range(len(self.inputs.items))), conditioning)
+        self._encode_once()
+        if self.fsdp is None:  # after encoding: the text encoders and the transformer are never on the GPU together
+            self.pipe.transformer.to(self.accelerator.device)
         lora = LoraSpec(config.lora_rank, config.lora_alpha, self.adapter.lora_target_modules)
         self.slider = ParetoSlider.attach(
             self.pipe.transformer, self.adapter.name, self.inputs.spec.reward_names,
@@ -202,9 +214,6 @@ class ParetoSliderTrainer:
         self.ema = EMA(self.policies.trainable, config.ema_max_decay) if config.ema else None
         self.reward_device = torch.device(config.reward_device or self.accelerator.device)
         self.rewards: list[Reward] = [r.to(self.reward_device) for r in self.inputs.rewards]
-        self.prompt_cache = self._new_prompt_cache(negative=False)
-        self.negative_cache = self._new_prompt_cache(negative=True) if config.guidance_scale > 1 else None
-        self._encoded = False
         self.signs = torch.tensor([1.0 if r.higher_is_better else -1.0 for r in self.rewards])
         self.nft = NFTConfig(beta=config.beta, adv_clip=config.adv_clip, kl_weight=config.kl_weight)
         self.grpo = GRPOConfig(
@@ -283,8 +292,8 @@ class ParetoSliderTrainer:
         for component in vars(pipe).values():  # diffusers pipelines and plain component holders alike
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False).eval()
-                fsdp_moves = self.fsdp is not None and component is pipe.transformer  # FSDP moves only its shard
-                if not fsdp_moves and not (config.offload_vae and any(component is c for c in coders)):
+                later = component is pipe.transformer  # after the prompts are encoded (FSDP: only its shard)
+                if not later and not (config.offload_vae and any(component is c for c in coders)):
                     component.to(self.accelerator.device)
         if config.gradient_checkpointing:
             pipe.transformer.enable_gradient_checkpointing()
@@ -322,12 +331,12 @@ class ParetoSliderTrainer:
         )
 
     def _encode_once(self) -> None:
-        """Before the first epoch: with --offload-text-encoders, encode every prompt and release the encoders."""
-        self._encoded = True
+        """Before the transformer comes to the GPU: with --offload-text-encoders, encode every prompt (a resumed run
+        too) and release the encoders."""
         if not self.config.offload_text_encoders:
             return
         caches = [c for c in (self.prompt_cache, self.negative_cache) if c is not None]
-        with self._vae_resident():  # Kontext encodes its sources with the VAE
+        with self._vae_resident() if self.adapter.needs_source else nullcontext():  # Kontext encodes its sources
             fits = all(cache.fill() for cache in caches)
         size = sum(cache.nbytes for cache in caches)
         if not fits:
@@ -348,9 +357,7 @@ class ParetoSliderTrainer:
 
     def _conditioning(self, file_index: list[int], negative: bool = False) -> Conditioning:
         cache = self.negative_cache if negative else self.prompt_cache
-        if cache.complete:
-            return cache.get(file_index, self.accelerator.device)
-        with self._vae_resident():
+        with self._vae_resident() if self.adapter.needs_source and not cache.complete else nullcontext():
             return cache.get(file_index, self.accelerator.device)
 
     # ------------------------------------------------------------------ the loop
@@ -383,9 +390,6 @@ class ParetoSliderTrainer:
         timer = _Timer(self.accelerator.device)
         if timer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(timer.device)
-        if not self._encoded:
-            with timer("encode"):
-                self._encode_once()
         with timer("rollout"):
             rollouts = self._new_rollouts(plan)
         for chunk in self.generate(plan, rollouts, timer):
