@@ -104,33 +104,52 @@ def _component_class(library: str, class_name: str) -> type:
     return getattr(importlib.import_module(f"diffusers.pipelines.{library}"), class_name)
 
 
-def meta_model(cls: type, folder: Path, dtype: torch.dtype) -> nn.Module:
-    """`cls` built on the meta device from `folder/config.json`, with the dtypes `from_pretrained(dtype=...)` gives:
-    everything in `dtype` but the model's keep-in-float32 modules (diffusers: always; transformers: the strict
-    list for fp16/bf16, the plain list for fp16) and, in transformers, buffers its init creates in float32."""
+def model_from_config(
+    cls: type, folder: Path, dtype: torch.dtype, device: torch.device | str = META, overrides: dict | None = None,
+) -> nn.Module:
+    """`cls` built from `folder/config.json` (with `overrides`, e.g. fewer layers) on `device`, with the dtypes
+    `from_pretrained(dtype=...)` gives: everything in `dtype` but the model's keep-in-float32 modules (diffusers:
+    always; transformers: the strict list for fp16/bf16, the plain list for fp16) and, in transformers, buffers its
+    init creates in float32. On a real device the weights are the model's own random init, made in `dtype` directly
+    (a 19B model initialised in float32 would not fit an 80 GB GPU)."""
     from diffusers import ModelMixin
     from transformers import AutoConfig, PreTrainedModel
 
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json; pass a folder in the diffusers layout.")
-    if issubclass(cls, ModelMixin):
-        with torch.device(META):
-            model = cls.from_config(cls.load_config(str(folder)))
+    overrides = overrides or {}
+    with torch.device(device), _default_dtype(dtype if torch.device(device) != META else torch.float32):
+        if issubclass(cls, ModelMixin):
+            model = cls.from_config({**cls.load_config(str(folder)), **overrides})
+        elif issubclass(cls, PreTrainedModel):
+            config = AutoConfig.from_pretrained(str(folder))
+            for key, value in overrides.items():
+                setattr(config, key, value)
+            model = cls._from_config(config, dtype=dtype)
+        else:
+            raise TypeError(f"{cls.__name__} is neither a diffusers nor a transformers model; cannot build it.")
+    if isinstance(model, ModelMixin):
         for t in [*model.parameters(), *model.buffers()]:  # what from_pretrained(dtype=...) loads
             if t.is_floating_point():
                 t.data = t.data.to(dtype)
         keep = list(getattr(model, "_keep_in_fp32_modules", None) or []) if dtype != torch.float32 else []
         _upcast(model, keep, lambda pattern, name: pattern in name)
-    elif issubclass(cls, PreTrainedModel):
-        with torch.device(META):
-            model = cls._from_config(AutoConfig.from_pretrained(str(folder)), dtype=dtype)
+    else:
         keep = list(getattr(model, "_keep_in_fp32_modules_strict", None) or []) if dtype != torch.float32 else []
         if dtype == torch.float16:
             keep += list(getattr(model, "_keep_in_fp32_modules", None) or [])
         _upcast(model, keep, lambda pattern, name: re.search(rf"(^|\.){re.escape(pattern)}(\.|$)", name) is not None)
-    else:
-        raise TypeError(f"{cls.__name__} is neither a diffusers nor a transformers model; cannot build it on meta.")
     return model.eval().requires_grad_(False)
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _upcast(model: nn.Module, patterns: list[str], matches: Callable[[str, str], bool]) -> None:
@@ -139,16 +158,21 @@ def _upcast(model: nn.Module, patterns: list[str], matches: Callable[[str, str],
             param.data = param.data.float()
 
 
-def build_meta_pipeline(adapter: BackboneAdapter, folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> Any:
-    """The adapter's diffusers pipeline with every model on the meta device (tokenizers and processors None)."""
+def build_pipeline(
+    adapter: BackboneAdapter, folder: str | Path, dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = META, skip: tuple[str, ...] = (), overrides: dict[str, dict] | None = None,
+) -> Any:
+    """The adapter's diffusers pipeline from a folder of configs: every model on `device` (meta: shapes only; else
+    random weights), the components named in `skip` and tokenizers/processors None, `overrides` per component
+    (e.g. {"transformer": {"num_layers": 2}})."""
     from diffusers import SchedulerMixin
 
     folder = Path(folder)
     index_path = folder / MODEL_INDEX
     if not index_path.is_file():
         raise FileNotFoundError(
-            f"{folder} has no {MODEL_INDEX}: memory estimates need a diffusers pipeline folder (save_pretrained "
-            f"layout) of a {adapter.pipeline_class.__name__}."
+            f"{folder} has no {MODEL_INDEX}: building a pipeline from configs needs a diffusers pipeline folder "
+            f"(save_pretrained layout) of a {adapter.pipeline_class.__name__}."
         )
     index = json.loads(index_path.read_text())
     if index.get("_class_name") != adapter.pipeline_class.__name__:
@@ -161,12 +185,12 @@ def build_meta_pipeline(adapter: BackboneAdapter, folder: str | Path, dtype: tor
         if name.startswith("_"):
             continue
         library, class_name = entry
-        if library is None:
+        if library is None or name in skip:
             components[name] = None
             continue
         cls = _component_class(library, class_name)
         if issubclass(cls, nn.Module):
-            components[name] = meta_model(cls, folder / name, dtype)
+            components[name] = model_from_config(cls, folder / name, dtype, device, (overrides or {}).get(name))
         elif issubclass(cls, SchedulerMixin):
             config = folder / name / "scheduler_config.json"
             components[name] = cls.from_config(cls.load_config(str(config.parent))) if config.is_file() else cls()
@@ -640,7 +664,7 @@ def build_reward_models(rewards: list[Any], batch: int, frames: int = 1) -> list
     out = []
     for (kind, model_id, processor), using in users.items():
         option = f"{using[0].base_name}(model=...)"
-        model = meta_model({"clip": CLIPModel, "dinov2": Dinov2Model}[kind], config_folder(model_id, option),
+        model = model_from_config({"clip": CLIPModel, "dinov2": Dinov2Model}[kind], config_folder(model_id, option),
                            torch.float32)
         processor_option = option.replace("model=", "processor=")
         preprocessor_file = config_folder(processor, processor_option) / "preprocessor_config.json"
@@ -765,7 +789,7 @@ def estimate_memory(config: Any, base_folder: str | Path | None = None) -> Memor
     base = config.base or adapter.default_base
     folder = Path(base_folder) if base_folder is not None else config_folder(base)
     dtype = WEIGHT_DTYPES[config.mixed_precision]
-    pipe = build_meta_pipeline(adapter, folder, dtype)
+    pipe = build_pipeline(adapter, folder, dtype)
     adapter.check_sample_size(pipe, config.height, config.width, config.num_frames)
     rewards = [get_reward(spec) for spec in parse_reward_list(config.rewards)]
     names = [r.name for r in rewards]

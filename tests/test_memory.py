@@ -46,23 +46,23 @@ def test_real_transformer_has_the_published_parameter_count(hub_id):
     adapter = get_backbone(backbone)
     index = json.loads((M.shipped_configs(hub_id) / M.MODEL_INDEX).read_text())
     assert index["_class_name"] == adapter.pipeline_class.__name__
-    transformer = M.meta_model(adapter.transformer_class, M.shipped_configs(hub_id) / "transformer", torch.bfloat16)
+    transformer = M.model_from_config(adapter.transformer_class, M.shipped_configs(hub_id) / "transformer", torch.bfloat16)
     assert M.parameter_count(transformer) == pytest.approx(published, rel=0.01)
     assert all(p.device.type == "meta" for p in transformer.parameters())
 
 
 def test_real_text_encoders_have_their_published_sizes():
-    t5 = M.meta_model(
+    t5 = M.model_from_config(
         M._component_class("transformers", "T5EncoderModel"),
         M.shipped_configs("black-forest-labs/FLUX.1-Kontext-dev") / "text_encoder_2", torch.bfloat16,
     )
     assert M.parameter_count(t5) == pytest.approx(4.76e9, rel=0.01)  # T5 v1.1 XXL encoder
-    clip_g = M.meta_model(
+    clip_g = M.model_from_config(
         M._component_class("transformers", "CLIPTextModelWithProjection"),
         M.shipped_configs("stabilityai/stable-diffusion-3.5-medium") / "text_encoder_2", torch.bfloat16,
     )
     assert M.parameter_count(clip_g) / 1e6 == pytest.approx(694.66, rel=1e-3)  # open_clip: ViT-bigG-14 text
-    gemma = M.meta_model(
+    gemma = M.model_from_config(
         M._component_class("transformers", "Gemma3ForConditionalGeneration"),
         M.shipped_configs("Lightricks/LTX-2") / "text_encoder", torch.bfloat16,
     )
@@ -76,7 +76,7 @@ def test_real_text_encoders_have_their_published_sizes():
 def test_real_reward_models_have_their_published_sizes(hub_id, millions):
     from transformers import CLIPModel
 
-    model = M.meta_model(CLIPModel, M.shipped_configs(hub_id), torch.float32)
+    model = M.model_from_config(CLIPModel, M.shipped_configs(hub_id), torch.float32)
     assert M.parameter_count(model) / 1e6 == pytest.approx(millions, rel=1e-3)
 
 
@@ -90,7 +90,7 @@ def test_unknown_hub_id_names_the_fix():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_meta_pipeline_holds_the_bytes_from_pretrained_loads(name, dtype, tiny_folders):
     adapter = get_backbone(name)
-    meta = M.build_meta_pipeline(adapter, tiny_folders[name], dtype)
+    meta = M.build_pipeline(adapter, tiny_folders[name], dtype)
     real = adapter.pipeline_class.from_pretrained(tiny_folders[name], dtype=dtype)
     for component, module in real.components.items():
         if not isinstance(module, torch.nn.Module):
@@ -123,7 +123,7 @@ def test_meta_measurement_equals_the_same_step_on_cpu(name, tiny_folders):
     for device in ("cpu", "meta"):
         adapter = get_backbone(name)
         if device == "meta":
-            pipe = M.build_meta_pipeline(adapter, tiny_folders[name], torch.float32)
+            pipe = M.build_pipeline(adapter, tiny_folders[name], torch.float32)
         else:
             pipe = adapter.pipeline_class.from_pretrained(tiny_folders[name], dtype=torch.float32)
             for module in pipe.components.values():

@@ -41,9 +41,6 @@ class PromptCache:
         self.nbytes = 0
         self.encoder_calls = 0  # blocks encoded: what the text encoders cost this run
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
     @property
     def complete(self) -> bool:
         """True when every prompt of the file is cached: the encoders are no longer needed."""

@@ -187,7 +187,7 @@ class ParetoSliderTrainer:
         self.prompt_cache = self._new_prompt_cache(negative=False)
         self.negative_cache = self._new_prompt_cache(negative=True) if config.guidance_scale > 1 else None
         if conditioning is not None:
-            for cache in filter(None, (self.prompt_cache, self.negative_cache)):
+            for cache in self._caches:
                 cache.put(list(range(len(self.inputs.items))), conditioning)
         self._encode_once()
         if self.fsdp is None:  # after encoding: the text encoders and the transformer are never on the GPU together
@@ -330,15 +330,18 @@ class ParetoSliderTrainer:
             int(config.cache_max_gb * 1e9),
         )
 
+    @property
+    def _caches(self) -> list[PromptCache]:
+        return [c for c in (self.prompt_cache, self.negative_cache) if c is not None]
+
     def _encode_once(self) -> None:
         """Before the transformer comes to the GPU: with --offload-text-encoders, encode every prompt (a resumed run
         too) and release the encoders."""
         if not self.config.offload_text_encoders:
             return
-        caches = [c for c in (self.prompt_cache, self.negative_cache) if c is not None]
         with self._vae_resident() if self.adapter.needs_source else nullcontext():  # Kontext encodes its sources
-            fits = all(cache.fill() for cache in caches)
-        size = sum(cache.nbytes for cache in caches)
+            fits = all(cache.fill() for cache in self._caches)
+        size = sum(cache.nbytes for cache in self._caches)
         if not fits:
             logger.warning(
                 "The embeddings of all %d prompts would not fit --cache-max-gb %g, so the text encoders stay loaded "
@@ -411,7 +414,7 @@ class ParetoSliderTrainer:
         tensors = [t.to_local() if hasattr(t, "to_local") else t  # this process's shard under FSDP
                    for m in modules for t in (*m.parameters(), *m.buffers()) if t.device.type == device.type]
         out = {"memory/weights_gb": sum(t.numel() * t.element_size() for t in tensors) / 1e9,
-               "memory/prompt_cache_gb": sum(c.nbytes for c in (self.prompt_cache, self.negative_cache) if c) / 1e9}
+               "memory/prompt_cache_gb": sum(c.nbytes for c in self._caches) / 1e9}
         if device.type == "cuda":
             out["memory/peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         return out
