@@ -10,10 +10,13 @@ import re
 import reprlib
 import sys
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
 import torch
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
+
+if TYPE_CHECKING:  # peft is imported where LoRA layers are made or read: the node pack never does
+    from peft import LoraConfig
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
@@ -40,6 +43,8 @@ class LoraSpec:
         return float(self.alpha) / self.rank
 
     def peft_config(self) -> LoraConfig:
+        from peft import LoraConfig
+
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=targets, init_lora_weights="gaussian",
                           exclude_modules=list(self.exclude_modules) or None)
@@ -88,6 +93,8 @@ def add_lora(transformer: nn.Module, spec: LoraSpec, adapter_name: str) -> None:
 
 def export_lora(transformer: nn.Module, spec: LoraSpec, adapter_name: str, key_prefix: str) -> dict[str, torch.Tensor]:
     """The adapter's tensors as file keys `<prefix><module>.lora_A/B.weight`, with alpha/rank folded into B."""
+    from peft.utils import get_peft_model_state_dict
+
     state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
@@ -139,6 +146,9 @@ def load_lora(
     transformer: nn.Module, state: dict[str, torch.Tensor], key_prefix: str, adapter_name: str
 ) -> None:
     """Load folded file tensors into a new peft adapter (alpha == rank, so peft's scale is 1)."""
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+
     modules = lora_modules(state, key_prefix)
     check_lora_fits(transformer, modules)
     ranks = {a.shape[0] for a, _ in modules.values()}

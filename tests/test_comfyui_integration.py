@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -68,8 +69,14 @@ def __getattr__(name):
     return _Placeholder(f"{__name__}.{name}")
 '''
 
-TEST_NODES = '''"""Test-only node: fixed random text conditioning for the tiny SD3 model (it has no text encoder)."""
+TEST_NODES = '''"""Test-only nodes: fixed random text conditioning for the tiny SD3 model (it has no text encoder), and which
+training packages were imported after ComfyUI's own start-up (this pack loads before the ParetoSlider pack)."""
+import sys
+
 import torch
+
+STARTUP_MODULES = set(sys.modules)
+TRAINING_STACK = ("diffusers", "transformers", "peft", "accelerate", "click", "kornia", "matplotlib", "tensorboard")
 
 
 class PSliderTestConditioning:
@@ -88,7 +95,25 @@ class PSliderTestConditioning:
         return ([[context, {"pooled_output": torch.randn(1, 32, generator=gen)}]],)
 
 
-NODE_CLASS_MAPPINGS = {"PSliderTestConditioning": PSliderTestConditioning}
+class PSliderTestModules:
+    """Runs after a sampler (it takes its LATENT): the training packages in sys.modules that ComfyUI had not
+    imported when custom nodes started loading."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",)}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "report"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def report(self, samples):
+        added = sorted(m for m in TRAINING_STACK if m in sys.modules and m not in STARTUP_MODULES)
+        return {"ui": {"imported": added}}
+
+
+NODE_CLASS_MAPPINGS = {"PSliderTestConditioning": PSliderTestConditioning, "PSliderTestModules": PSliderTestModules}
 '''
 
 
@@ -135,8 +160,11 @@ def write_tiny_sd3(models: Path, extra_sliders: Path) -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, url: str, output: Path, names: dict[str, str]) -> None:
-        self.url, self.output, self.names = url, output, names
+    def __init__(self, url: str, output: Path, names: dict[str, str], log: Path) -> None:
+        self.url, self.output, self.names, self._log = url, output, names, log
+
+    def log(self) -> str:
+        return self._log.read_text()
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
@@ -191,12 +219,14 @@ def server(tmp_path_factory, stub):
     base = tmp_path_factory.mktemp("comfy")
     extra_sliders = base / "extra_sliders"
     names = write_tiny_sd3(base / "models", extra_sliders)
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_FOLDER).symlink_to(REPO_ROOT, target_is_directory=True)
-    (base / "custom_nodes" / "pslider_test_nodes").mkdir()
+    # the test nodes load first (base custom_nodes), the pack after them (a custom_nodes folder of the yaml)
+    (base / "custom_nodes" / "pslider_test_nodes").mkdir(parents=True)
     (base / "custom_nodes" / "pslider_test_nodes" / "__init__.py").write_text(TEST_NODES)
+    (base / "packs").mkdir()
+    (base / "packs" / PACK_FOLDER).symlink_to(REPO_ROOT, target_is_directory=True)
     config = base / "extra_model_paths.yaml"
-    config.write_text(f"pslider_test:\n  base_path: {base}\n  pareto_slider: {extra_sliders}\n")
+    config.write_text(f"pslider_test:\n  base_path: {base}\n  pareto_slider: {extra_sliders}\n"
+                      f"  custom_nodes: {base / 'packs'}\n")
     port = _free_port()
     with open(base / "server.log", "w") as log:
         process = subprocess.Popen(
@@ -205,7 +235,8 @@ def server(tmp_path_factory, stub):
             cwd=COMFYUI_PATH, env=subprocess_env(stub), stdout=log, stderr=subprocess.STDOUT,
         )
         try:
-            yield _wait_until_serving(Server(f"http://127.0.0.1:{port}", base / "output", names), process, base)
+            handle = Server(f"http://127.0.0.1:{port}", base / "output", names, base / "server.log")
+            yield _wait_until_serving(handle, process, base)
         finally:
             process.terminate()
             try:
@@ -317,6 +348,28 @@ def test_weights_change_the_render_and_a_plain_graph_afterwards_is_unchanged(ser
     assert (runs["photo"] - runs["sketch"]).abs().max() > 1e-3
     assert (runs["photo"] - runs["plain"]).abs().max() > 1e-3
     assert (runs["plain_again"] == runs["plain"]).all(), "no leak into the unpatched model"
+
+
+def test_the_pack_imports_no_training_package_and_loads_fast(server):
+    """Loading the pack and running each of its nodes in the real server imports none of the training stack (what
+    ComfyUI itself imported before custom nodes load is not the pack's doing); ComfyUI's own import timing of the
+    pack is reported."""
+    nodes = [apply_node(0.3, 0.7), {"class_type": "ParetoSliderSweep", "inputs": {"points": 2}},
+             {"class_type": "ParetoSliderSchedule", "inputs": {
+                 **{f"start_w{i + 1}": float(i == 0) for i in range(8)},
+                 **{f"end_w{i + 1}": float(i == 1) for i in range(8)}}}]
+    for i, node in enumerate(nodes):
+        g = graph(server, node, prefix=f"imports{i}")
+        if node["class_type"] == "ParetoSliderSweep":
+            g["4"]["inputs"]["batch_size"] = ["10", 1]  # one batch element per point
+        g["20"] = {"class_type": "PSliderTestModules", "inputs": {"samples": ["5", 0]}}
+        entry = server.run(g)
+        assert completed(entry), error_message(entry)
+        assert entry["outputs"]["20"]["imported"] == [], node["class_type"]
+    timing = re.search(rf"^\s*([\d.]+) seconds: .*{re.escape(PACK_FOLDER)}$", server.log(), re.MULTILINE)
+    assert timing is not None, "ComfyUI logged no import time for the pack"
+    print(f"ComfyUI import time of the pack: {timing.group(1)} s")
+    assert float(timing.group(1)) < 5.0  # 8.7-13.4 s when the pack imported the training stack
 
 
 def test_a_sweep_renders_one_point_per_batch_element(server):

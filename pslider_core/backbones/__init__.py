@@ -1,43 +1,64 @@
-"""Backbone registry: one module per backbone, one line here to register it."""
+"""Backbone registry: one module per backbone, one line in `BUILTIN` to register it.
+
+Nothing is imported until a backbone is asked for: the names are known without torch (command lines answer
+`--help` at once), and an adapter module imports diffusers only inside the methods that load or run models (the
+ComfyUI node pack needs the hook points alone).
+"""
 
 from __future__ import annotations
 
-from .base import BackboneAdapter, Conditioning, select_conditioning
+import importlib
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from .base import BackboneAdapter
+
+# name -> module (relative to this package) whose adapter class registers itself with @register_backbone
+BUILTIN: dict[str, str] = {
+    "fluxkontext": ".fluxkontext",
+    "ltx2": ".ltx2",
+    "sd3": ".sd3",
+    "toy": ".toy",
+}
 _REGISTRY: dict[str, type[BackboneAdapter]] = {}
 
 
 def register_backbone(cls: type[BackboneAdapter]) -> type[BackboneAdapter]:
-    """Class decorator adding an adapter under its `name`."""
+    """Class decorator adding an adapter under its `name` (built-in adapters and users' own alike)."""
     _REGISTRY[cls.name] = cls
     return cls
 
 
+def _adapter_class(name: str) -> type[BackboneAdapter]:
+    if name not in _REGISTRY and name in BUILTIN:
+        importlib.import_module(BUILTIN[name], __name__)
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {available_backbones()}.") from None
+
+
 def get_backbone(name: str) -> BackboneAdapter:
     """The adapter for `name`; unknown names list the known ones."""
-    try:
-        return _REGISTRY[name]()
-    except KeyError:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(_REGISTRY)}.") from None
+    return _adapter_class(name)()
 
 
 def available_backbones() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(BUILTIN) | set(_REGISTRY))
 
 
 def audio_backbones() -> list[str]:
     """Backbones that generate sound with each sample (what audio rewards need)."""
-    return sorted(name for name, cls in _REGISTRY.items() if cls.generates_audio)
+    return sorted(name for name in available_backbones() if _adapter_class(name).generates_audio)
 
 
-from . import fluxkontext, ltx2, sd3, toy  # noqa: E402,F401  (registration lines)
+_BASE_NAMES = ("BackboneAdapter", "Conditioning", "select_conditioning")
 
-__all__ = [
-    "BackboneAdapter",
-    "Conditioning",
-    "audio_backbones",
-    "available_backbones",
-    "get_backbone",
-    "register_backbone",
-    "select_conditioning",
-]
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE_NAMES:  # the adapter base class imports torch: only when asked for
+        return getattr(importlib.import_module(".base", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [*_BASE_NAMES, "BUILTIN", "audio_backbones", "available_backbones", "get_backbone", "register_backbone"]

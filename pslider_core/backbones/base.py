@@ -6,13 +6,13 @@ instead of branching on the backbone name.
 
 from __future__ import annotations
 
+import importlib
 import os
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import nn
 
 from ..conditioning import matching_modules, preference_conditioning
@@ -41,8 +41,10 @@ class BackboneAdapter:
     # pixel size (and frames) that the tiny pipeline generates quickly: tests and demos use it
     tiny_sample_size: ClassVar[dict[str, int]] = {"height": 32, "width": 32, "num_frames": 1}
     default_base: ClassVar[str]  # hub id of the real base model
-    transformer_class: ClassVar[type[nn.Module]]
-    pipeline_class: ClassVar[type]
+    # "module:Class" of the diffusers classes, imported on first use: the node pack, which only needs the hook points
+    # below, never imports diffusers
+    transformer_class_path: ClassVar[str]
+    pipeline_class_path: ClassVar[str]
 
     # diffusers hook points (module paths inside the transformer)
     global_module: ClassVar[str]  # output = the global adaLN conditioning vector
@@ -64,6 +66,14 @@ class BackboneAdapter:
 
     # playback rate of generated videos (frames per second) and, for video models, a model input; images ignore it
     frame_rate: float = 24.0
+
+    @property
+    def transformer_class(self) -> type[nn.Module]:
+        return import_object(self.transformer_class_path)
+
+    @property
+    def pipeline_class(self) -> type:
+        return import_object(self.pipeline_class_path)
 
     # ---------------------------------------------------------------- structure
     def inner_dim(self, transformer: nn.Module) -> int:
@@ -186,6 +196,12 @@ class BackboneAdapter:
         return torch.randn(shape, generator=generator, device=draw_on).to(device, dtype)
 
 
+def import_object(path: str) -> Any:
+    """The object a "package.module:name" path names, imported now."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def weight_dtype(module: nn.Module) -> torch.dtype:
     """dtype of a model's frozen weights, from its first non-LoRA parameter (trained LoRA tensors stay float32).
 
@@ -222,6 +238,8 @@ def shifted_sigma_grid(
     """
     config = scheduler.config
     keys = ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift")
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
     mu = calculate_shift(seq_len, *(config.get(key, default) for key, default in zip(keys, defaults)))
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), device=device, mu=mu)
     return scheduler.sigmas.to(torch.float32)

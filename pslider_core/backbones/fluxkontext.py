@@ -7,27 +7,26 @@ slicing them off the output happen inside `predict_velocity`, as FluxKontextPipe
 
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from . import register_backbone
 from .base import (
     BackboneAdapter,
     Conditioning,
+    import_object,
     shifted_sigma_grid,
     vae_decode_images,
     weight_device,
     weight_dtype,
 )
-from .tiny import eval_components, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
 
-# position of `img_ids` among the transformer's positional arguments (hooks may see either form)
-_IMG_IDS_POSITION = list(inspect.signature(FluxTransformer2DModel.forward).parameters).index("img_ids") - 1
+if TYPE_CHECKING:
+    from diffusers import FluxKontextPipeline
 
 
 @register_backbone
@@ -36,8 +35,8 @@ class FluxKontextAdapter(BackboneAdapter):
     description: ClassVar[str] = "FLUX.1 Kontext image editing (source image + instruction)"
     needs_source: ClassVar[bool] = True
     default_base: ClassVar[str] = "black-forest-labs/FLUX.1-Kontext-dev"
-    transformer_class: ClassVar[type[nn.Module]] = FluxTransformer2DModel
-    pipeline_class: ClassVar[type] = FluxKontextPipeline
+    transformer_class_path: ClassVar[str] = "diffusers:FluxTransformer2DModel"
+    pipeline_class_path: ClassVar[str] = "diffusers:FluxKontextPipeline"
 
     global_module: ClassVar[str] = "time_text_embed"
     # double-stream blocks' image feed-forward only: single-stream blocks mix text and image tokens
@@ -71,8 +70,8 @@ class FluxKontextAdapter(BackboneAdapter):
     def target_token_mask(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """Target latents only: reference-image tokens carry first id coordinate 1 and must stay unchanged."""
         ids = kwargs.get("img_ids")
-        if ids is None and len(args) > _IMG_IDS_POSITION:
-            ids = args[_IMG_IDS_POSITION]
+        if ids is None and len(args) > _img_ids_position(self.transformer_class_path):
+            ids = args[_img_ids_position(self.transformer_class_path)]
         if ids is None:
             return None
         ids = ids[0] if ids.ndim == 3 else ids  # legacy (B, N, 3) ids, as the transformer itself accepts
@@ -80,6 +79,11 @@ class FluxKontextAdapter(BackboneAdapter):
 
     def tiny_pipeline(self, seed: int = 0) -> FluxKontextPipeline:
         """1 double + 1 single block, 2 heads x 16, 4-channel VAE (16 channels after 2x2 packing)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        from .tiny import eval_components, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
+
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
             patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
@@ -196,6 +200,13 @@ class FluxKontextAdapter(BackboneAdapter):
             ),
             "reference_latents": self.random_tensor(latent, generator, device, dtype or weight_dtype(pipe.vae)),
         }
+
+
+@functools.cache
+def _img_ids_position(transformer_class_path: str) -> int:
+    """Position of `img_ids` among the transformer's positional arguments (hooks may see either form)."""
+    forward = import_object(transformer_class_path).forward
+    return list(inspect.signature(forward).parameters).index("img_ids") - 1
 
 
 def _check_sources(sources: torch.Tensor | None, batch: int) -> None:

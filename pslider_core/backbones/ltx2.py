@@ -14,24 +14,16 @@ rewards that should ignore audio take the video part from `LTX2Layout.split`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from diffusers import (
-    AutoencoderKLLTX2Audio,
-    AutoencoderKLLTX2Video,
-    FlowMatchEulerDiscreteScheduler,
-    LTX2Pipeline,
-    LTX2VideoTransformer3DModel,
-)
-from diffusers.pipelines.ltx2 import LTX2TextConnectors
-from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
 from torch import nn
-from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
 from . import register_backbone
 from .base import BackboneAdapter, Conditioning, shifted_sigma_grid, weight_device, weight_dtype
-from .tiny import eval_components, tiny_gemma_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers import LTX2Pipeline
 
 
 @dataclass(frozen=True)
@@ -68,8 +60,8 @@ class LTX2Adapter(BackboneAdapter):
     generates_audio: ClassVar[bool] = True
     tiny_sample_size: ClassVar[dict[str, int]] = {"height": 32, "width": 32, "num_frames": 5}
     default_base: ClassVar[str] = "Lightricks/LTX-2"
-    transformer_class: ClassVar[type[nn.Module]] = LTX2VideoTransformer3DModel
-    pipeline_class: ClassVar[type] = LTX2Pipeline
+    transformer_class_path: ClassVar[str] = "diffusers:LTX2VideoTransformer3DModel"
+    pipeline_class_path: ClassVar[str] = "diffusers:LTX2Pipeline"
 
     global_module: ClassVar[str] = "time_embed.emb"  # video timestep embedding; audio_time_embed is left alone
     block_module_pattern: ClassVar[str] = r"transformer_blocks\.\d+\.ff"  # video feed-forward, not audio_ff
@@ -122,6 +114,19 @@ class LTX2Adapter(BackboneAdapter):
     # ---------------------------------------------------------------- loading
     def tiny_pipeline(self, seed: int = 0) -> LTX2Pipeline:
         """2 layers, video 2 heads x 8, audio 2 heads x 4; video and audio tokens both 4 features wide."""
+        from diffusers import (
+            AutoencoderKLLTX2Audio,
+            AutoencoderKLLTX2Video,
+            FlowMatchEulerDiscreteScheduler,
+            LTX2Pipeline,
+            LTX2VideoTransformer3DModel,
+        )
+        from diffusers.pipelines.ltx2 import LTX2TextConnectors
+        from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+        from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+        from .tiny import eval_components, tiny_gemma_tokenizer
+
         torch.manual_seed(seed)
         tokenizer = tiny_gemma_tokenizer()
         text_layers, text_width = 2, 16

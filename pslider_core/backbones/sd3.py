@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from . import register_backbone
 from .base import BackboneAdapter, Conditioning, vae_decode_images, weight_device, weight_dtype
-from .tiny import eval_components, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusion3Pipeline
 
 
 @register_backbone
@@ -19,8 +19,8 @@ class SD3Adapter(BackboneAdapter):
     name: ClassVar[str] = "sd3"
     description: ClassVar[str] = "Stable Diffusion 3.5 text-to-image"
     default_base: ClassVar[str] = "stabilityai/stable-diffusion-3.5-medium"
-    transformer_class: ClassVar[type[nn.Module]] = SD3Transformer2DModel
-    pipeline_class: ClassVar[type] = StableDiffusion3Pipeline
+    transformer_class_path: ClassVar[str] = "diffusers:SD3Transformer2DModel"
+    pipeline_class_path: ClassVar[str] = "diffusers:StableDiffusion3Pipeline"
 
     global_module: ClassVar[str] = "time_text_embed"
     block_module_pattern: ClassVar[str] = r"transformer_blocks\.\d+\.ff"
@@ -40,6 +40,11 @@ class SD3Adapter(BackboneAdapter):
 
     def tiny_pipeline(self, seed: int = 0) -> StableDiffusion3Pipeline:
         """2-block SD3 shaped the way ComfyUI's detector expects (hidden 64 x depth, head dim 64, 16 channels)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+        from .tiny import eval_components, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer, tiny_vae
+
         torch.manual_seed(seed)
         transformer = SD3Transformer2DModel(
             sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2,

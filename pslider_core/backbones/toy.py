@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..toy.base_model import BASE_DIR, build_toy_base, load_toy_base, save_toy_base
-from ..toy.pipeline import sigma_grid, to_images
-from ..toy.text_encoder import ToyTextEncoder, ToyTokenizer
+from ..toy import BASE_DIR
 from . import register_backbone
 from .base import Conditioning, weight_device
 from .sd3 import SD3Adapter
+
+if TYPE_CHECKING:
+    from ..toy.text_encoder import ToyTextEncoder, ToyTokenizer
 
 
 @dataclass
@@ -31,9 +32,13 @@ class ToyPipeline:
 
     @classmethod
     def from_pretrained(cls, base: str | os.PathLike | None = None, torch_dtype: torch.dtype | None = None):
+        from ..toy.base_model import load_toy_base
+
         return cls(*load_toy_base(base, torch_dtype=torch_dtype or torch.float32))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from ..toy.base_model import save_toy_base
+
         save_toy_base(directory, self.transformer, self.text_encoder, self.tokenizer, self.info, torch.float32)
 
 
@@ -42,7 +47,7 @@ class ToyAdapter(SD3Adapter):
     name: ClassVar[str] = "toy"
     description: ClassVar[str] = "Toy world: tiny SD3 on 32x32 pixels (shapes and colours), for demos and benchmarks"
     default_base: ClassVar[str] = str(BASE_DIR)
-    pipeline_class: ClassVar[type] = ToyPipeline
+    pipeline_class_path: ClassVar[str] = f"{__name__}:ToyPipeline"
 
     def load_pipeline(self, base: str | os.PathLike | None, torch_dtype: torch.dtype | None = None) -> ToyPipeline:
         return ToyPipeline.from_pretrained(base, torch_dtype)
@@ -51,6 +56,8 @@ class ToyAdapter(SD3Adapter):
         return self.load_pipeline(base, torch_dtype).transformer
 
     def tiny_pipeline(self, seed: int = 0) -> ToyPipeline:
+        from ..toy.base_model import build_toy_base
+
         torch.manual_seed(seed)
         transformer, text_encoder, tokenizer = build_toy_base(hidden=32, head_dim=16, layers=2, text_dim=16)
         return ToyPipeline(transformer.eval(), text_encoder.eval(), tokenizer, {"pretrained": False})
@@ -78,9 +85,13 @@ class ToyAdapter(SD3Adapter):
         return noise.to(weight_device(pipe.transformer))
 
     def sigmas(self, pipe: Any, num_steps: int, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        from ..toy.pipeline import sigma_grid
+
         return sigma_grid(num_steps).to(x.device)
 
     def decode(self, pipe: Any, x0: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
+        from ..toy.pipeline import to_images
+
         return to_images(x0.float())
 
     def random_conditioning(

@@ -9,10 +9,13 @@ registry's import of `rewards.py` does not pull in diffusers.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
+BASE_DIR = Path(__file__).parent / "assets" / "base"  # the shipped pretrained base (no import needed to find it)
+
 _EXPORTS = {
-    **dict.fromkeys(("BASE_DIR", "build_toy_base", "load_toy_base", "save_toy_base"), ".base_model"),
+    **dict.fromkeys(("build_toy_base", "load_toy_base", "save_toy_base"), ".base_model"),
     **dict.fromkeys(
         ("COLORS", "HELDOUT", "IMAGE_SIZE", "SHAPES", "ToyShapesDataset", "heldout_prompts", "make_batch",
          "parse_prompt", "prompt_for", "train_prompts"),
@@ -23,7 +26,7 @@ _EXPORTS = {
     **dict.fromkeys(("ToyTextEncoder", "ToyTokenizer"), ".text_encoder"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "BASE_DIR"])
 
 
 def __getattr__(name: str) -> Any:

@@ -17,10 +17,10 @@ import torch
 from diffusers import SD3Transformer2DModel
 from torch import nn
 
+from . import BASE_DIR
 from .dataset import BACKGROUND, COLORS, HELDOUT, IMAGE_SIZE, SHAPES
 from .text_encoder import ToyTextEncoder, ToyTokenizer
 
-BASE_DIR = Path(__file__).parent / "assets" / "base"
 INFO_FILE = "toy_base.json"
 VOCAB = ["a", "an", *COLORS, *SHAPES]
 
