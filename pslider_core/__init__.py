@@ -7,7 +7,20 @@ imported lazily so that light users (rewards, evaluation, the reward server) do 
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
+
+
+class _TorchvisionFallbackNotice(logging.Filter):
+    """transformers 5 says, once per image processor, that it falls back to the PIL version without torchvision.
+    This project never installs torchvision (no CPU build matches its torch) and uses the PIL versions on purpose:
+    the notice only alarms users at every start, so it is dropped (every other transformers message stays)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackNotice())
 
 _EXPORTS = {
     "available_backbones": ".backbones",
@@ -20,7 +33,7 @@ _EXPORTS = {
     "read_header": ".file_format",
     "save_pareto_slider": ".file_format",
     "LoraSpec": ".lora",
-    "PreferenceModuleConfig": ".modules",
+    "PreferenceModuleConfig": ".module_config",
     "PreferenceModules": ".modules",
     "PreferenceSpec": ".preference",
     "normalize_weights": ".preference",

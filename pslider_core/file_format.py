@@ -28,7 +28,8 @@ from safetensors.torch import save_file
 from .atomic import atomic_file
 from .backbones import available_backbones, get_backbone
 from .lora import LoraSpec, lora_modules
-from .modules import CONFIG_LIMITS, PreferenceModuleConfig, PreferenceModules
+from .module_config import CONFIG_LIMITS, PreferenceModuleConfig
+from .modules import PreferenceModules
 from .preference import PreferenceSpec
 
 FORMAT_VERSION = 1

@@ -26,6 +26,7 @@ from torch import nn
 
 from .backbones import BackboneAdapter, Conditioning
 from .file_format import ParetoSliderFileError, read_header
+from .formats import VIDEO_FORMATS
 from .preference import PreferenceSpec
 from .rewards.image_stats import to_uint8
 from .samplers import VelocityFn, guided_velocity, ode_sample
@@ -33,7 +34,6 @@ from .slider import ParetoSlider
 
 PARETO_SLIDER, FIXED_WEIGHTS, BASE = "pareto_slider", "fixed_weights", "base"  # the evaluation's method kinds
 METADATA_KEY = "pareto_slider"  # PNG text chunk / side-file key holding the sample's settings as JSON
-VIDEO_FORMATS = ("mp4", "gif")
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints

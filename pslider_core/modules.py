@@ -3,55 +3,11 @@
 from __future__ import annotations
 
 import math
-import reprlib
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-CONDITIONING_MODES = ("global", "global+block")
-
-# Upper bounds of the config's sizes: far above any real model, low enough that a damaged or hostile file's
-# config cannot ask for tens of GB before its tensors are compared with it.
-CONFIG_LIMITS = {"num_rewards": 64, "inner_dim": 65536, "num_freqs": 64, "block_pe_dim": 65536, "block_layers": 64}
-
-
-@dataclass(frozen=True)
-class PreferenceModuleConfig:
-    """Everything needed to rebuild the modules from a file's metadata alone (configs as data)."""
-
-    num_rewards: int
-    inner_dim: int
-    mode: str = "global+block"
-    num_freqs: int = 1
-    block_pe_dim: int = 768
-    block_layers: int = 4
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.mode, str) or self.mode not in CONDITIONING_MODES:
-            raise ValueError(
-                f"Unknown conditioning mode {reprlib.repr(self.mode)}; choose one of {list(CONDITIONING_MODES)}."
-            )
-        for key, limit in CONFIG_LIMITS.items():
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-                raise ValueError(
-                    f"PreferenceModuleConfig.{key} must be an integer from 1 to {limit}, got {reprlib.repr(value)}."
-                )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PreferenceModuleConfig":
-        """The config from its `to_dict` form; unknown keys are ignored, missing required ones named."""
-        if not isinstance(data, dict):
-            raise ValueError(f"A module config must be a JSON object, got {type(data).__name__}.")
-        missing = [k for k in ("num_rewards", "inner_dim") if k not in data]
-        if missing:
-            raise ValueError(f"A module config needs {missing}; got only {reprlib.repr(sorted(data))}.")
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
+from .module_config import PreferenceModuleConfig
 
 def _zero_last(layer: nn.Linear) -> nn.Linear:
     nn.init.zeros_(layer.weight)

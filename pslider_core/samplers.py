@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .objectives.config import ODE_SOLVERS, SDE_KINDS
+
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -28,8 +30,6 @@ def guided_velocity(cond: VelocityFn, uncond: VelocityFn | None, scale: float) -
     return velocity
 """v = velocity_fn(x, sigma): x (B, ...), sigma (B,) -> v, same shape as x."""
 
-ODE_SOLVERS = ("euler", "dpm2")
-SDE_KINDS = ("sde", "cps")
 
 
 def _check_sigmas(sigmas: torch.Tensor) -> list[float]:

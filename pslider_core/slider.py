@@ -15,7 +15,8 @@ from .backbones import BackboneAdapter, get_backbone
 from .conditioning import preference_hooks
 from .file_format import ParetoSliderFile, ParetoSliderFileError, load_pareto_slider, save_pareto_slider
 from .lora import LoraSpec, add_lora, check_lora_fits, export_lora, full_tensor, load_lora, lora_modules
-from .modules import PreferenceModuleConfig, PreferenceModules
+from .module_config import PreferenceModuleConfig
+from .modules import PreferenceModules
 from .preference import PreferenceSpec
 
 ADAPTER_NAME = "pareto_slider"

@@ -13,7 +13,7 @@ import torch
 from pslider_core import ParetoSliderFile, PreferenceModules, PreferenceSpec, save_pareto_slider
 from pslider_core.atomic import atomic_dir, atomic_file, write_text_atomic
 from pslider_core.evaluation import write_summary
-from pslider_core.modules import PreferenceModuleConfig
+from pslider_core.module_config import PreferenceModuleConfig
 from trainer.checkpoint import save_checkpoint
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pslider_core import PreferenceSpec, normalize_weights
-from pslider_core.modules import PreferenceModuleConfig, PreferenceModules
+from pslider_core.module_config import PreferenceModuleConfig
+from pslider_core.modules import PreferenceModules
 
 
 def test_normalizes_vectors_and_batches():

@@ -15,16 +15,17 @@ import shlex
 import sys
 import typing
 from dataclasses import fields
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
-import diffusers
-import transformers
 
-from .checkpoint import CheckpointError, find_checkpoint
 from .config import TrainConfig, read_toml, resolve_config, to_toml
-from .data import InputError, validate_inputs
-from .trainer import ParetoSliderTrainer, TrainingAborted
+
+if TYPE_CHECKING:
+    from .trainer import ParetoSliderTrainer
+
+# Only click and the config (no torch) are imported before the options are parsed: --help, --version and option
+# errors answer at once; the trainer's stack is imported once a run is certain.
 
 
 def _option(f) -> Callable[[Callable], Callable]:
@@ -54,6 +55,7 @@ def _with_config_options(command: Callable) -> Callable:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="pareto-slider")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of options (flat keys).")
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration as TOML and exit.")
 @click.option("--estimate-memory", is_flag=True,
@@ -74,6 +76,9 @@ def main(config_file: str | None, print_config: bool, estimate_memory: bool, **o
         _print_memory_estimate(config)
         return
     _setup_logging()
+    from .data import InputError, validate_inputs
+    from .trainer import ParetoSliderTrainer, TrainingAborted
+
     try:
         inputs = validate_inputs(config)
     except (ValueError, OSError) as err:
@@ -96,6 +101,8 @@ def main(config_file: str | None, print_config: bool, estimate_memory: bool, **o
 def interrupted_message(config: TrainConfig, argv: list[str], epochs_done: int | None) -> str:
     """For a run stopped by Ctrl-C: its last checkpoint and the exact command that resumes from it (this run's
     arguments, its --resume replaced), or that there is nothing to resume yet."""
+    from .checkpoint import CheckpointError, find_checkpoint
+
     head = f"Interrupted with {epochs_done} of {config.epochs} epochs done" if epochs_done is not None else (
         "Interrupted before training started")
     for root in filter(None, (str(config.checkpoint_path()), config.resume)):
@@ -137,6 +144,9 @@ def _print_memory_estimate(config: TrainConfig) -> None:
 
 def _setup_logging() -> None:
     """Training messages from the main process only (accelerate sets RANK on every process)."""
+    import diffusers
+    import transformers
+
     rank = int(os.environ.get("RANK", "0"))
     diffusers.utils.logging.disable_progress_bar()  # per-component loading bars; the trainer has its own
     transformers.utils.logging.disable_progress_bar()

@@ -20,10 +20,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from pslider_core import available_backbones, get_backbone
-from pslider_core.modules import CONDITIONING_MODES
-from pslider_core.objectives import GRPOConfig, NFTConfig
-from pslider_core.preference_sampling import PreferenceMixture
-from pslider_core.samplers import ODE_SOLVERS, SDE_KINDS
+from pslider_core.module_config import CONDITIONING_MODES
+from pslider_core.objectives.config import ODE_SOLVERS, SDE_KINDS, GRPOConfig, NFTConfig
 
 OBJECTIVES = ("nft", "grpo")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -248,6 +246,8 @@ class TrainConfig:
             raise ValueError("--objective grpo needs --noise-level > 0: a deterministic step has no log-probability.")
         if self.mixed_precision == "fp16" and self.device == "cpu":
             raise ValueError("--mixed-precision fp16 needs a GPU; on CPU use 'no' or 'bf16'.")
+        from pslider_core.preference_sampling import PreferenceMixture  # numpy and torch: not for --help
+
         PreferenceMixture.parse(self.preference_mixture, num_rewards=2)  # syntax check; M known later
         if self.fixed_weights:
             bad = [x for x in self.fixed_weights if not (math.isfinite(x) and x >= 0)]

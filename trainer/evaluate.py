@@ -1,12 +1,5 @@
-"""`pslider-eval`: sweep ParetoSliders, fixed-weights baselines and the base model; score, summarise, draw.
-
-    pslider-eval --backbone sd3 --base DIR_OR_HUB --checkpoint slider.safetensors [--checkpoint fixed_07.safetensors]
-        --include-base --prompts heldout.txt [--rewards r1,r2] [--judges j1] --grid 11 --seeds 0,1 --out eval/
-
-Writes to --out: scores.csv (one row per method, weights, prompt, seed, reward; resumable: rerunning the same
-command scores only what is missing), summary.json (hypervolumes, non-dominated points, controllability; held-out
-judges under "judges"), front.png, grid.png (prompts x weights of every ParetoSlider; for video, also
-strips/<method>/<prompt>.png), samples/ (the first seed's samples, which the pictures are made of).
+"""What `pslider-eval` does once its options are parsed (the command is `eval_cli.py`, which imports this module
+only then): plan the methods, prompts, seeds and grid, draw and score what is missing, write summary and pictures.
 """
 
 from __future__ import annotations
@@ -47,7 +40,7 @@ from pslider_core.generation import (
 from pslider_core.rewards import Reward, RewardBatch, get_reward, parse_reward_list
 
 from .data import InputError, PromptItem, _check_reward_fits, load_sources, read_prompts
-from .sample_cli import (
+from .sampling import (
     Settings,
     backbone_adapter,
     checkpoint_info,
@@ -56,7 +49,6 @@ from .sample_cli import (
     parse_floats,
     resolve_base,
     resolve_settings,
-    sampling_options,
 )
 
 Weights = tuple[float, ...] | None
@@ -370,31 +362,11 @@ def report(plan: Plan, table: ScoreTable, out: Path, ext: str, reference: list[f
     click.echo("\nWrote " + ", ".join(str(path) for path in [table.path, *written]))
 
 
-# ---------------------------------------------------------------------------------------------------- the command
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--checkpoint", "checkpoints", multiple=True,
-              help="ParetoSlider or fixed-weights baseline file (the kind is read from its metadata); repeatable.")
-@click.option("--include-base", is_flag=True, help="Also evaluate the base model itself (method 'base').")
-@click.option("--prompts", required=True, type=click.Path(dir_okay=False),
-              help="Held-out prompts: one per line (.txt) or JSONL with \"prompt\" (and \"image\" for fluxkontext).")
-@click.option("--rewards", default=None,
-              help="Training rewards, in the checkpoints' order [default: the checkpoints' own reward names].")
-@click.option("--judges", default=None, help="Held-out rewards, scored and summarised separately (comma-separated).")
-@click.option("--judge-components", default=None,
-              help="For each judge, the weight index it should rise with (e.g. 0,1; '-' for none), for its "
-                   "controllability [default: none].")
-@click.option("--grid", "grid_size", type=int, default=11, show_default=True,
-              help="Points per simplex edge: 2 rewards: N points from (1,0) to (0,1).")
-@click.option("--seeds", default="0", show_default=True, help="Comma-separated noise seeds, e.g. 0,1,2.")
-@click.option("--ref", default=None,
-              help="Hypervolume reference point, one value per training reward [default: per-reward minimum].")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (reused to resume).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-@sampling_options
-def main(checkpoints: tuple[str, ...], include_base: bool, prompts: str, rewards: str | None, judges: str | None,
-         judge_components: str | None, grid_size: int, seeds: str, ref: str | None, out: str, progress: bool,
-         backbone: str, base: str | None, device: str, dtype: str, video_format: str, **given: Any) -> None:
-    """Evaluate ParetoSliders against fixed-weights baselines and the base model: scores, fronts, hypervolume."""
+# ---------------------------------------------------------------------------------------------------- the run
+def evaluate(checkpoints: tuple[str, ...], include_base: bool, prompts: str, rewards: str | None, judges: str | None,
+             judge_components: str | None, grid_size: int, seeds: str, ref: str | None, out: str, progress: bool,
+             backbone: str, base: str | None, device: str, dtype: str, video_format: str, **given: Any) -> None:
+    """pslider-eval: ParetoSliders against fixed-weights baselines and the base model: scores, fronts, hypervolume."""
     if not checkpoints and not include_base:
         raise click.UsageError("Nothing to evaluate: pass --checkpoint FILE (repeatable) and/or --include-base.")
     adapter = backbone_adapter(backbone)
@@ -446,6 +418,3 @@ def main(checkpoints: tuple[str, ...], include_base: bool, prompts: str, rewards
         "seeds": plan.seeds, "grid": grid_size, **plan.settings.as_kwargs(),
     }
     report(plan, table, out_dir, ext, reference, weight_index, run_info)
-
-if __name__ == "__main__":
-    main()

@@ -5,21 +5,15 @@ from __future__ import annotations
 import logging
 
 import click
-import torch
 
-from pslider_core.rewards import get_reward, parse_reward_list
-from pslider_core.rewards.server import (
-    LOOPBACK_HOSTS,
-    MAX_BODY_BYTES,
-    MAX_CONCURRENT,
-    READ_TIMEOUT,
-    RewardServer,
-)
+from pslider_core.rewards.limits import LOOPBACK_HOSTS, MAX_BODY_BYTES, MAX_CONCURRENT, READ_TIMEOUT
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# torch and the rewards are imported once the options are parsed: --help and option errors answer at once
+DTYPES = ("float32", "float16", "bfloat16")
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pareto-slider")
 @click.option(
     "--rewards",
     required=True,
@@ -39,7 +33,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
     default=None,
     help="Torch device for the reward models, e.g. cuda:1 (default: cuda if available, else cpu).",
 )
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True, help="Model dtype.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="Model dtype.")
 @click.option(
     "--preload/--no-preload",
     default=True,
@@ -79,10 +73,15 @@ def main(
     max_concurrent: int,
 ) -> None:
     """Serve REWARDS at http://HOST:PORT (GET /rewards, POST /score/<reward>); clients use remote:<url>#<reward>."""
+    import torch
+
+    from pslider_core.rewards import get_reward, parse_reward_list
+    from pslider_core.rewards.server import RewardServer
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        served = [get_reward(spec, device=device, dtype=DTYPES[dtype]) for spec in parse_reward_list(rewards)]
+        served = [get_reward(spec, device=device, dtype=getattr(torch, dtype)) for spec in parse_reward_list(rewards)]
     except (KeyError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="--rewards") from exc
     if preload:

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 
 from ..ema import EMA, ema_decay
+from .config import NFTConfig
 
 __all__ = ["EMA", "NFTConfig", "ema_decay", "lagged_decay", "nft_loss", "nft_reward_weight", "update_old_policy_"]
-
-
-@dataclass
-class NFTConfig:
-    """beta: how far the implicit positive / negative policies sit from the old one. adv_clip: the advantage clip A_max,
-    which also scales the loss. kl_weight: lambda_KL of the velocity penalty towards the base model."""
-
-    beta: float = 0.1
-    adv_clip: float = 5.0
-    kl_weight: float = 1e-4
-
-    def __post_init__(self) -> None:
-        if not 0 < self.beta <= 1:
-            raise ValueError(f"NFT beta must be in (0, 1] (the reference uses 0.1), got {self.beta}.")
-        if not self.adv_clip > 0:
-            raise ValueError(f"adv_clip must be > 0 (the reference uses 5), got {self.adv_clip}.")
-        if not self.kl_weight >= 0:
-            raise ValueError(f"kl_weight must be >= 0 (0 turns the KL term off), got {self.kl_weight}.")
 
 
 def nft_reward_weight(adv: torch.Tensor, w: torch.Tensor, adv_clip: float) -> torch.Tensor:

@@ -7,26 +7,25 @@
 See docs/rewards.md for every built-in reward and the spec syntax.
 """
 
-from . import aesthetic, clip, fidelity, image_stats, judge, video  # noqa: F401  (register the built-ins)
-from ..toy import rewards as toy_rewards  # noqa: F401  (the toy world's rewards: toy_color, toy_sketch, toy_size)
-from .base import FunctionReward, ModelReward, NonFiniteScoreError, Reward, RewardBatch
-from .hf import clear_model_cache
-from .registry import ENTRY_POINT_GROUP, UnknownRewardError, get_reward, list_rewards, register_reward
-from .spec import format_spec, parse_reward_list, parse_spec
+from __future__ import annotations
 
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "FunctionReward",
-    "ModelReward",
-    "NonFiniteScoreError",
-    "Reward",
-    "RewardBatch",
-    "UnknownRewardError",
-    "clear_model_cache",
-    "format_spec",
-    "get_reward",
-    "list_rewards",
-    "parse_reward_list",
-    "parse_spec",
-    "register_reward",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    **dict.fromkeys(("FunctionReward", "ModelReward", "NonFiniteScoreError", "Reward", "RewardBatch"), ".base"),
+    "clear_model_cache": ".hf",
+    **dict.fromkeys(("ENTRY_POINT_GROUP", "UnknownRewardError", "get_reward", "list_rewards", "register_reward"),
+                    ".registry"),
+    **dict.fromkeys(("format_spec", "parse_reward_list", "parse_spec"), ".spec"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Names load on first use (the built-in rewards register when the registry is first asked), so the reward
+    server's and the trainer's command lines answer --help without torch."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -20,8 +20,16 @@ from .base import FunctionReward, Reward
 from .spec import format_spec, parse_spec
 
 ENTRY_POINT_GROUP = "pareto_slider.rewards"
+# modules (relative to this package) whose rewards register themselves: one line per family of built-ins
+BUILTIN = (".aesthetic", ".clip", ".fidelity", ".image_stats", ".judge", ".video", "..toy.rewards")
 _REGISTRY: dict[str, Callable[..., Reward]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+
+
+def _load_builtins() -> None:
+    """Register the built-in rewards on first use (importing `pslider_core.rewards` alone imports nothing heavy)."""
+    for module in BUILTIN:
+        importlib.import_module(module, __package__)
 
 
 class UnknownRewardError(KeyError, ValueError):
@@ -59,6 +67,7 @@ def _entry_points() -> dict[str, object]:
 
 def list_rewards() -> list[tuple[str, str]]:
     """(name, description) of every built-in and entry-point reward, sorted by name."""
+    _load_builtins()
     found = dict(_DESCRIPTIONS)
     for name, ep in _entry_points().items():
         if name not in found:
@@ -182,6 +191,7 @@ def get_reward(spec: str, device: torch.device | str | None = None, dtype: torch
         reward: Reward = RemoteReward.from_spec(spec)
         return reward.to(device, dtype)
     name, raw = parse_spec(spec)
+    _load_builtins()
     if ":" in name:
         reward, params = _as_reward(name, _load_attribute(name), raw)
     elif name in _REGISTRY:

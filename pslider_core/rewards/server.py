@@ -33,15 +33,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 from .base import NonFiniteScoreError, Reward
+from .limits import LOOPBACK_HOSTS, MAX_BODY_BYTES, MAX_CONCURRENT, READ_TIMEOUT
 from .spec import spec_key
 from .wire import decode_batch
 
 logger = logging.getLogger(__name__)
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-MAX_BODY_BYTES = 512 << 20  # 16 images at 1024x1024 in float32 are 200 MB; remote: clients split larger batches
-READ_TIMEOUT = 30.0  # seconds without a byte from the client before its connection is dropped
 MIN_BODY_RATE = 1 << 20  # bytes/s: a body must arrive within read_timeout + size / rate, so trickling is dropped
-MAX_CONCURRENT = 4
 MAX_CONNECTIONS = 64  # the default; at least twice max_concurrent
 REFUSE_SEND_SECONDS = 0.05  # the accepting thread's send of a 503 must not wait on a client that reads nothing
 
