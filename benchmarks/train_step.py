@@ -6,6 +6,11 @@ and stage, the median CPU seconds per epoch (this process only: robust to other 
 the ratio ParetoSlider / fixed weights of both (target: at most 1.10, i.e. preference conditioning costs under 10%).
 
     python benchmarks/train_step.py [--backbones sd3,fluxkontext,ltx2] [--epochs 5] [--objective nft] [--profile]
+        [--prompt-cache]
+
+`--prompt-cache` also times a ParetoSlider run whose prompt cache holds nothing (`--cache-max-gb` 1e-12: every epoch
+encodes its prompts and the text encoders stay, as before the cache existed) side by side with a normal one, and
+gives the pipeline weights each keeps on the training device.
 
 `--profile` also runs the ParetoSlider epochs under cProfile and prints the share of the epoch spent in per-forward
 bookkeeping: reading diffusers' `.dtype` / `.device` (each walks every parameter), setting up the preference hooks
@@ -22,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import diffusers
@@ -71,6 +77,7 @@ def _epoch_seconds(trainer: ParetoSliderTrainer, epoch: int) -> dict[str, float]
     times = {stage: metrics.get(f"time/{stage}", 0.0) for stage in STAGES}
     times["total"] = sum(times.values())
     times["cpu"] = time.process_time() - cpu
+    times["weights_mb"] = metrics["memory/weights_gb"] * 1e3
     return times
 
 
@@ -104,16 +111,15 @@ def overhead_shares(backbone: str, epochs: int, objective: str) -> dict[str, flo
     return {kind: cumulative(targets) / total for kind, targets in OVERHEADS.items()}
 
 
-def benchmark(backbone: str, epochs: int, objective: str) -> dict[str, dict[str, float]]:
-    """Median seconds per epoch and stage for ParetoSlider and the fixed-weights baseline on one backbone."""
+def benchmark(backbone: str, epochs: int, objective: str, **variants: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Median seconds per epoch and stage, epochs interleaved, of trainers of the same size on one backbone: the
+    ParetoSlider and each of `variants` (name -> extra settings), and the weights (MB) each keeps on the device."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         base = folder / "base"
         get_backbone(backbone).tiny_pipeline(seed=0).save_pretrained(base)
-        runs = {
-            "paretoslider": _trainer(folder, backbone, base, objective, "slider"),
-            "fixed_weights": _trainer(folder, backbone, base, objective, "fixed", fixed_weights="0.5,0.5"),
-        }
+        runs = {"paretoslider": _trainer(folder, backbone, base, objective, "slider"),
+                **{name: _trainer(folder, backbone, base, objective, name, **extra) for name, extra in variants.items()}}
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
         for epoch in range(epochs + 1):  # epoch 0 warms caches up and is not counted
             for name, trainer in runs.items():
@@ -121,7 +127,7 @@ def benchmark(backbone: str, epochs: int, objective: str) -> dict[str, dict[str,
                 if epoch:
                     samples[name].append(seconds)
     return {
-        name: {key: statistics.median(s[key] for s in values) for key in COLUMNS}
+        name: {key: statistics.median(s[key] for s in values) for key in (*COLUMNS, "weights_mb")}
         for name, values in samples.items()
     }
 
@@ -131,7 +137,8 @@ def benchmark(backbone: str, epochs: int, objective: str) -> dict[str, dict[str,
 @click.option("--epochs", default=5, show_default=True, help="Timed epochs per trainer (after one warm-up epoch).")
 @click.option("--objective", type=click.Choice(["nft", "grpo"]), default="nft", show_default=True)
 @click.option("--profile", is_flag=True, help="Also print the share of per-forward bookkeeping (cProfile).")
-def main(backbones: str, epochs: int, objective: str, profile: bool) -> None:
+@click.option("--prompt-cache", is_flag=True, help="Also compare with a run that encodes its prompts every epoch.")
+def main(backbones: str, epochs: int, objective: str, profile: bool, prompt_cache: bool) -> None:
     """Print seconds per epoch by stage and the ParetoSlider / fixed-weights ratio."""
     torch.set_num_threads(1)
     diffusers.utils.logging.set_verbosity_error()
@@ -145,12 +152,22 @@ def main(backbones: str, epochs: int, objective: str, profile: bool) -> None:
     print(header)
     print("-" * len(header))
     for backbone in backbones.split(","):
-        result = benchmark(backbone, epochs, objective)
+        result = benchmark(backbone, epochs, objective, fixed_weights={"fixed_weights": "0.5,0.5"})
         slider, fixed = result["paretoslider"], result["fixed_weights"]
         ratios = f"{slider['total'] / fixed['total']:>10.3f} {slider['cpu'] / fixed['cpu']:>10.3f}"
         for name, times in result.items():
             cells = " ".join(f"{times[s]:>12.3f}" for s in COLUMNS)
             print(f"{backbone:<12} {name:<14} {cells} {ratios if name == 'paretoslider' else ''}")
+    if prompt_cache:
+        print(f"\nprompt cache: median seconds per epoch over {epochs} epochs; MB of pipeline weights on the device")
+        print(f"{'backbone':<12} {'run':<22} {'rollout':>8} {'total':>8} {'cpu':>8} {'weights MB':>11} {'cpu ratio':>10}")
+        for backbone in backbones.split(","):
+            result = benchmark(backbone, epochs, objective, uncached={"cache_max_gb": 1e-12})
+            cached, uncached = result["paretoslider"], result["uncached"]
+            for name, label in ((cached, "cached, encoders freed"), (uncached, "encoded every epoch")):
+                ratio = f"{cached['cpu'] / uncached['cpu']:>10.3f}" if name is cached else ""
+                print(f"{backbone:<12} {label:<22} {name['rollout']:>8.3f} {name['total']:>8.3f} {name['cpu']:>8.3f} "
+                      f"{name['weights_mb']:>11.3f} {ratio}")
     if profile:
         print(f"\nshare of the ParetoSlider epoch (cProfile, {epochs} epochs)")
         print(f"{'backbone':<12} " + " ".join(f"{kind:>26}" for kind in OVERHEADS))
