@@ -6,9 +6,9 @@ imported lazily so that light users (rewards, evaluation, the reward server) do 
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
+
+from .lazy import lazy_getattr
 
 
 class _TorchvisionFallbackNotice(logging.Filter):
@@ -42,8 +42,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pslider_core' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -8,7 +8,9 @@ ComfyUI node pack needs the hook points alone).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .base import BackboneAdapter
@@ -53,12 +55,6 @@ def audio_backbones() -> list[str]:
 
 
 _BASE_NAMES = ("BackboneAdapter", "Conditioning", "select_conditioning")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _BASE_NAMES:  # the adapter base class imports torch: only when asked for
-        return getattr(importlib.import_module(".base", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(_BASE_NAMES, ".base"))  # the base class imports torch
 
 __all__ = [*_BASE_NAMES, "BUILTIN", "audio_backbones", "available_backbones", "get_backbone", "register_backbone"]

@@ -9,8 +9,7 @@ See docs/rewards.md for every built-in reward and the spec syntax.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_getattr
 
 _EXPORTS = {
     **dict.fromkeys(("FunctionReward", "ModelReward", "NonFiniteScoreError", "Reward", "RewardBatch"), ".base"),
@@ -22,10 +21,6 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Names load on first use (the built-in rewards register when the registry is first asked), so the reward
-    server's and the trainer's command lines answer --help without torch."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+# names load on first use and the built-in rewards register when the registry is first asked, so the reward
+# server's and the trainer's command lines answer --help without torch
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

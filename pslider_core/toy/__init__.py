@@ -8,9 +8,9 @@ registry's import of `rewards.py` does not pull in diffusers.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any
+
+from ..lazy import lazy_getattr
 
 BASE_DIR = Path(__file__).parent / "assets" / "base"  # the shipped pretrained base (no import needed to find it)
 
@@ -28,8 +28,4 @@ _EXPORTS = {
 
 __all__ = sorted([*_EXPORTS, "BASE_DIR"])
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
