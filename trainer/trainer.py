@@ -22,7 +22,7 @@ import os
 import time
 import gc
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,23 +300,26 @@ class ParetoSliderTrainer:
         return pipe, base or "custom pipeline"
 
     @contextmanager
-    def _resident(self, modules: Iterable[torch.nn.Module], device: torch.device, offload: bool) -> Iterator[None]:
-        """Modules on `device` inside the block; with `offload`, in host memory again after it (no-op on CPU)."""
-        modules = [m for m in modules if m is not None]
+    def _resident(
+        self, modules: Callable[[], Iterable[torch.nn.Module | None]], device: torch.device, offload: bool
+    ) -> Iterator[None]:
+        """`modules()` on `device` inside the block; with `offload`, in host memory again after it (no-op on CPU).
+        Listed again on exit: reward models load on their first call, inside the block."""
         offload = offload and device.type != "cpu"
         if offload:
-            for module in modules:
+            for module in filter(None, modules()):
                 module.to(device)
         try:
             yield
         finally:
             if offload:
-                for module in modules:
+                for module in filter(None, modules()):
                     module.to("cpu")
 
     def _vae_resident(self) -> Any:
         """The VAE (and LTX-2's audio VAE and vocoder) on the training device for one encode or decode."""
-        return self._resident(_coders(self.pipe, self.adapter), self.accelerator.device, self.config.offload_vae)
+        return self._resident(lambda: _coders(self.pipe, self.adapter), self.accelerator.device,
+                              self.config.offload_vae)
 
     # ------------------------------------------------------------------ prompt conditioning, encoded once
     def _new_prompt_cache(self, negative: bool) -> PromptCache:
@@ -545,7 +548,9 @@ class ParetoSliderTrainer:
         batch = RewardBatch(
             images=chunk.samples, prompts=chunk.prompts, sources=chunk.sources, audio=audio, audio_sample_rate=rate
         )
-        models = [m for reward in self.rewards for m in reward.torch_modules()]
+        def models() -> list[torch.nn.Module]:
+            return [m for reward in self.rewards for m in reward.torch_modules()]
+
         with self._resident(models, self.reward_device, self.config.offload_rewards):
             return torch.stack([_score(reward, batch) for reward in self.rewards], dim=1)
 
