@@ -20,95 +20,32 @@ seconds) and the host synchronisations CUDA reported during the timed epoch (`to
 
 from __future__ import annotations
 
-import json
-import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 import torch
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pslider_core import get_backbone  # noqa: E402
-from pslider_core.memory import build_pipeline, config_folder  # noqa: E402
-from trainer.config import read_toml, resolve_config  # noqa: E402
-from trainer.policies import CURRENT, OLD, REFERENCE  # noqa: E402
-from trainer.trainer import ParetoSliderTrainer  # noqa: E402
-
-
-@dataclass(frozen=True)
-class RealConfig:
-    name: str
-    preset: str  # trainer/configs/<preset>.toml
-    base: str  # hub id whose configs are shipped
-
-
-CONFIGS = {
-    c.name: c for c in (
-        RealConfig("sd35-medium", "sd3", "stabilityai/stable-diffusion-3.5-medium"),
-        RealConfig("sd35-large", "sd3", "stabilityai/stable-diffusion-3.5-large"),
-        RealConfig("kontext", "fluxkontext", "black-forest-labs/FLUX.1-Kontext-dev"),
-        RealConfig("ltx2", "ltx2", "Lightricks/LTX-2"),
-    )
-}
-PROMPTS = ["a lighthouse at dusk", "a red fox in the snow"]
-
-
-def _prompts(folder: Path, needs_source: bool, height: int, width: int) -> Path:
-    if not needs_source:
-        path = folder / "prompts.txt"
-        path.write_text("\n".join(PROMPTS) + "\n")
-        return path
-    rng = np.random.default_rng(0)
-    lines = []
-    for i, prompt in enumerate(PROMPTS):
-        Image.fromarray((rng.random((height, width, 3)) * 255).astype("uint8")).save(folder / f"{i}.png")
-        lines.append(json.dumps({"image": f"{i}.png", "prompt": prompt}))
-    path = folder / "edits.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from real_runs import CONFIGS, RealConfig, detach_lora, epoch_trainer, parse_configs  # first: repository on sys.path
+from trainer.policies import CURRENT, OLD, REFERENCE
+from trainer.trainer import ParetoSliderTrainer
 
 
 def _trainer(pipe: Any, real: RealConfig, folder: Path, args: dict[str, Any], fixed: bool, tiny: bool,
              device: str) -> ParetoSliderTrainer:
-    shipped = read_toml(REPO / "trainer" / "configs" / f"{real.preset}.toml")
-    adapter = get_backbone(shipped["backbone"])
-    size = adapter.tiny_sample_size if tiny else {}
-    height, width = size.get("height", shipped.get("height", 512)), size.get("width", shipped.get("width", 512))
-    overrides = {
-        "base": real.base, "rewards": "brightness,saturation", "device": device, "progress": False,
-        "prompts": str(_prompts(folder, adapter.needs_source, height, width)), "height": height, "width": width,
-        "output": str(folder / f"{real.name}-{'fixed' if fixed else 'slider'}.safetensors"), "checkpoint_every": 0,
-        "prompts_per_epoch": 1, "slots_per_prompt": 1, "images_per_prompt": 2, "batch_size": 2,
+    size = real.adapter().tiny_sample_size if tiny else {}
+    overrides: dict[str, Any] = {
+        **size, "device": device, "output": str(folder / f"{real.name}-{'fixed' if fixed else 'slider'}.safetensors"),
         "num_steps": args["steps"], "train_timesteps": args["timesteps"], "epochs": 2,
     }
     if tiny:
-        overrides.update(num_frames=size.get("num_frames", 1), max_sequence_length=16, mixed_precision="no")
+        overrides.update(max_sequence_length=16, mixed_precision="no")
     if fixed:
         overrides["fixed_weights"] = "0.5,0.5"
-    config = resolve_config(shipped, overrides)
-    cond = adapter.random_conditioning(  # in place of the text encoders, which are not built
-        pipe, len(PROMPTS), height=config.height, width=config.width, num_frames=config.num_frames,
-        generator=torch.Generator().manual_seed(0),
-    )
-    return ParetoSliderTrainer(config, pipeline=pipe, conditioning=cond)
-
-
-def _detach(pipe: Any) -> None:
-    """Delete the trainer's LoRA adapters so the next trainer starts from the bare base (the preference hooks stay:
-    inactive outside a conditioned forward, they are reused)."""
-    transformer = pipe.transformer
-    with warnings.catch_warnings():  # peft warns that the active adapter goes: that is the point
-        warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
-        transformer.delete_adapters(list(transformer.peft_config))
+    return epoch_trainer(pipe, real, folder, overrides)
 
 
 def _loss_pass_flops(trainer: ParetoSliderTrainer) -> float:
@@ -150,17 +87,16 @@ def _timed_epoch(trainer: ParetoSliderTrainer, epoch: int, cuda: bool) -> tuple[
 
 
 def run(real: RealConfig, args: dict[str, Any], tiny: bool, device: str) -> dict[str, float]:
-    adapter = get_backbone(read_toml(REPO / "trainer" / "configs" / f"{real.preset}.toml")["backbone"])
     cuda = torch.device(device).type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if tiny:
+            adapter = real.adapter()
             pipe = adapter.tiny_pipeline(seed=0)
             for name in adapter.text_encoder_names:
                 setattr(pipe, name, None)
         else:
-            pipe = build_pipeline(adapter, config_folder(real.base), dtype=torch.bfloat16, device=device,
-                                  skip=adapter.text_encoder_names)
+            pipe = real.pipeline(device)
         out: dict[str, float] = {}
         for fixed in (False, True):
             trainer = _trainer(pipe, real, folder, args, fixed, tiny, device)
@@ -176,7 +112,7 @@ def run(real: RealConfig, args: dict[str, Any], tiny: bool, device: str) -> dict
                 })
             else:
                 out["ratio"] = out["epoch_s"] / metrics["wall"]
-            _detach(pipe)
+            detach_lora(pipe)
             del trainer
         del pipe
         if cuda:
@@ -192,10 +128,10 @@ def run(real: RealConfig, args: dict[str, Any], tiny: bool, device: str) -> dict
 @click.option("--device", default="cuda", show_default=True)
 def main(configs: str, steps: int, timesteps: int, tiny: bool, device: str) -> None:
     """Print seconds per stage, peak memory, the ParetoSlider / fixed-weights ratio and achieved TFLOP/s."""
-    names = configs.split(",")
-    unknown = sorted(set(names) - set(CONFIGS))
-    if unknown:
-        raise click.BadParameter(f"unknown configurations {unknown}; choose from {sorted(CONFIGS)}.")
+    try:
+        chosen = parse_configs(configs)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--configs") from None
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise click.UsageError("No CUDA GPU here: run on a GPU machine, or pass --tiny --device cpu for a smoke test.")
     card = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "cpu"
@@ -206,10 +142,10 @@ def main(configs: str, steps: int, timesteps: int, tiny: bool, device: str) -> N
     print(header)
     print("-" * len(header))
     args = {"steps": steps, "timesteps": timesteps}
-    for name in names:
-        r = run(CONFIGS[name], args, tiny, device)
-        print(f"{name:<12} {r['rollout_s']:>10.2f} {r['reward_s']:>9.2f} {r['train_s']:>8.2f} {r['epoch_s']:>8.2f} "
-              f"{r['peak_gib']:>9.1f} {r['ratio']:>12.3f} {r['tflops']:>13.2f} {r['syncs']:>6d}")
+    for real in chosen:
+        r = run(real, args, tiny, device)
+        print(f"{real.name:<12} {r['rollout_s']:>10.2f} {r['reward_s']:>9.2f} {r['train_s']:>8.2f} "
+              f"{r['epoch_s']:>8.2f} {r['peak_gib']:>9.1f} {r['ratio']:>12.3f} {r['tflops']:>13.2f} {r['syncs']:>6d}")
 
 
 if __name__ == "__main__":

@@ -95,14 +95,39 @@ def save_pareto_slider(path: str | os.PathLike, data: ParetoSliderFile) -> Path:
     """Write atomically (temp file in the same folder + rename): a crash never leaves a half-written file, and the
     file's mode follows the umask, so a ComfyUI running as another user can read it."""
     path = Path(path)
-    tensors = {MODULE_PREFIX + k: v.detach().float().cpu().contiguous() for k, v in data.module_state.items()}
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in _file_tensors(data).items()}
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=_file_metadata(data))
+    return path
+
+
+def saved_file_size(data: ParetoSliderFile) -> int:
+    """Bytes `save_pareto_slider` writes for `data`, from the tensors' shapes alone (meta tensors will do, so
+    full-size models need no memory): safetensors' layout is an 8-byte header length, the JSON header (the metadata,
+    then every tensor as float32 in name order with its data offsets) padded with spaces to a multiple of 8, then
+    the tensor data."""
+    entries: dict[str, Any] = {"__metadata__": _file_metadata(data)}
+    offset = 0
+    for key, tensor in sorted(_file_tensors(data).items()):
+        size = tensor.numel() * 4
+        entries[key] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header = len(json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode())
+    return 8 + header + -header % 8 + offset
+
+
+def _file_tensors(data: ParetoSliderFile) -> dict[str, torch.Tensor]:
+    """The file's tensors under their keys (modules under MODULE_PREFIX, the LoRA's as given), not yet copied."""
+    tensors = {MODULE_PREFIX + k: v for k, v in data.module_state.items()}
     for key, value in data.lora_state.items():
         if key.startswith(MODULE_PREFIX):
             raise ParetoSliderFileError(f"LoRA key {key!r} collides with the module prefix {MODULE_PREFIX!r}.")
-        tensors[key] = value.detach().float().cpu().contiguous()
-    with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(data.metadata())})
-    return path
+        tensors[key] = value
+    return tensors
+
+
+def _file_metadata(data: ParetoSliderFile) -> dict[str, str]:
+    return {METADATA_KEY: json.dumps(data.metadata())}
 
 
 def read_header(path: str | os.PathLike, expected_backbone: str | None = None) -> dict[str, Any]:
