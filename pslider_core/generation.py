@@ -130,23 +130,34 @@ def _per_sample_weights(slider: ParetoSlider | None, weights: Any, n: int) -> to
 
 
 @contextmanager
-def active_lora(transformer: nn.Module, adapter_name: str | None) -> Iterator[None]:
-    """Only `adapter_name`'s LoRA active (None: every LoRA off, the base model); restores the previous state."""
+def active_lora(transformer: nn.Module, adapter_name: str | Mapping[str, float] | None) -> Iterator[None]:
+    """Only `adapter_name`'s LoRA active (None: every LoRA off, the base model), or, given {name: scale}, those
+    LoRAs together, each at its scale: base + sum_i scale_i B_i A_i x, what diffusers' `set_adapters(names, weights)`
+    and ComfyUI's stacked LoRA loaders compute (a LoRA at scale 0 is left out, as ComfyUI's loader skips it; a
+    LoRA soup, `pslider_core.soup`). Restores the previous state, scales included."""
     layers = [m for m in transformer.modules() if isinstance(m, BaseTunerLayer)]
-    saved = [(layer, list(layer.active_adapters), layer.disable_adapters) for layer in layers]
+    scales = None if adapter_name is None or isinstance(adapter_name, str) else {
+        name: float(scale) for name, scale in adapter_name.items() if scale != 0
+    }
+    saved = [(layer, list(layer.active_adapters), layer.disable_adapters, dict(getattr(layer, "scaling", {})))
+             for layer in layers]
     grads = [(p, p.requires_grad) for p in transformer.parameters()]  # peft's switches flip requires_grad
     try:
         for layer in layers:
             if adapter_name is None:
                 layer.enable_adapters(False)
             else:
-                layer.set_adapter(adapter_name)
+                layer.set_adapter(adapter_name if scales is None else list(scales))
+                for name, scale in (scales or {}).items():
+                    layer.set_scale(name, scale)
                 layer.enable_adapters(True)
         yield
     finally:
-        for layer, active, disabled in saved:
+        for layer, active, disabled, scaling in saved:
             layer.set_adapter(active)
             layer.enable_adapters(not disabled)
+            if scaling:
+                layer.scaling.update(scaling)
         for param, requires_grad in grads:
             param.requires_grad_(requires_grad)
 
@@ -164,6 +175,7 @@ def generate(
     seeds: Sequence[int],
     slider: ParetoSlider | None = None,
     weights: Sequence[float] | Sequence[Sequence[float]] | torch.Tensor | None = None,
+    lora_scales: Mapping[str, float] | None = None,
     sources: torch.Tensor | None = None,
     num_steps: int = 25,
     solver: str = "dpm2",
@@ -178,6 +190,8 @@ def generate(
     slider None: the base model (every LoRA off). slider with weights: its LoRA on and the transformer conditioned
     on w, one vector for all or one per prompt (validated and put on the simplex by its spec). slider with
     weights=None: its LoRA alone, no preference hooks: a fixed-weights baseline, whose modules are untrained.
+    lora_scales {adapter name: scale} in place of a slider: those LoRAs together at their scales, no preference
+    hooks (a LoRA soup: `pslider_core.soup.LoraSoup.scales`).
     sources: (B, 3, H, W) in [0, 1] for editing backbones. guidance_scale > 1 adds classifier-free guidance
     against the empty prompt (the paper samples without it). The deterministic ODE runs `batch_size` samples
     at a time.
@@ -196,9 +210,11 @@ def generate(
         raise ValueError(f"The {adapter.name} backbone {fix}.")
     if sources is not None and sources.shape[0] != n:
         raise ValueError(f"Got {sources.shape[0]} source images for {n} prompts; pass one per prompt.")
+    if lora_scales is not None and slider is not None:
+        raise ValueError("Pass either a slider or lora_scales (a LoRA soup), not both.")
     w = _per_sample_weights(slider, weights, n)
     outputs = []
-    with active_lora(pipe.transformer, _lora_name(slider)):
+    with active_lora(pipe.transformer, _lora_name(slider) if lora_scales is None else lora_scales):
         for start in range(0, n, batch_size):
             pick = slice(start, min(start + batch_size, n))
             outputs.append(

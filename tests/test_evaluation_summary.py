@@ -123,6 +123,27 @@ def test_three_rewards_and_a_held_out_judge(tmp_path):
     assert entry["controllability"]["judge"]["violations"] == 12
 
 
+def test_soups_and_sliders_are_compared_with_the_fixed_runs_and_each_other(means):
+    soup = method([(1.0, 0.0), (0.5, 0.5), (0.0, 1.0)], [[3, 1], [2, 2], [1, 4.25]])
+    kinds = {**KINDS, "soup": "soup"}
+    summary = compute_summary({**means, "soup": soup}, kinds, ref=[0, 0], dominance_tol=0.5)
+    slider, soup_entry = summary["methods"]["slider"], summary["methods"]["soup"]
+    assert summary["dominance_tolerance"] == 0.5
+    # soup HV above (0, 0): 3 * 1 + 2 * 1 + 1 * 2.25 = 7.25; fixed (3, 1), (2, 2): 5; slider: 11.
+    assert soup_entry["vs_fixed_union"] == {"hv_ratio": pytest.approx(7.25 / 5), "dominated_share": 1.0,
+                                            "extent": {"photo": 1.0, "sketch": 2.125}}
+    assert soup_entry["hv_ratio_vs_fixed_union"] == pytest.approx(7.25 / 5)
+    assert "vs_soups" not in soup_entry and "vs_fixed_union" not in summary["methods"]["fixed"]
+    # the slider's (3, 3) covers the soup's (3, 1) and (2, 2); its (1, 4) is 0.25 short of (1, 4.25): within 0.5.
+    assert slider["vs_soups"] == {"soup": {"hv_ratio": pytest.approx(11 / 7.25), "dominated_share": 1.0,
+                                           "extent": {"photo": pytest.approx(4 / 3), "sketch": pytest.approx(4 / 4.25)}}}
+    strict = compute_summary({**means, "soup": soup}, kinds, ref=[0, 0])  # the default tolerance, 0.01
+    assert strict["methods"]["slider"]["vs_soups"]["soup"]["dominated_share"] == pytest.approx(2 / 3)
+    assert soup_entry["controllability"]["photo"]["spearman"] == 1.0
+    with pytest.raises(ValueError, match="soup method 'soup' has no weights"):
+        compute_summary({"soup": means["base"]}, kinds)
+
+
 def test_input_checks(means):
     with pytest.raises(ValueError, match="kind 'typo'"):
         compute_summary(means, {**KINDS, "base": "typo"})
@@ -144,13 +165,14 @@ def test_format_table(means):
     summary = compute_summary(means, KINDS, ref=[0, 0])
     text = format_table(summary)
     lines = text.splitlines()
-    assert lines[0].split() == ["method", "kind", "points", "HV", "HV", "norm", "HV/fixed", "rho", "photo", "rho",
-                                "sketch", "viol", "photo", "viol", "sketch"]
+    assert lines[0].split() == ["method", "kind", "points", "HV", "HV", "norm", "HV/fixed", "fixed", "covered", "rho",
+                                "photo", "rho", "sketch", "viol", "photo", "viol", "sketch"]
     slider_row = next(line for line in lines if line.startswith("slider"))
-    assert slider_row.split() == ["slider", "pareto_slider", "3", "11", "1.222", "2.2", "1", "1", "0/2", "0/2"]
+    assert slider_row.split() == ["slider", "pareto_slider", "3", "11", "1.222", "2.2", "1", "1", "1", "0/2", "0/2"]
     base_row = next(line for line in lines if line.startswith("base"))
-    assert base_row.split()[3:] == ["1", "0.1111", "-", "-", "-", "-", "-"]
-    assert lines[-1] == "reference point (given): photo=0, sketch=0"
+    assert base_row.split()[3:] == ["1", "0.1111", "-", "-", "-", "-", "-", "-"]
+    assert lines[-2] == "reference point (given): photo=0, sketch=0"
+    assert lines[-1].startswith("fixed covered: share of the fixed runs' points weakly dominated (within 0.01)")
     assert not math.isnan(summary["methods"]["fixed"]["hypervolume"])
 
 

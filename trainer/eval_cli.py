@@ -1,11 +1,13 @@
-"""`pslider-eval`: sweep ParetoSliders, fixed-weights baselines and the base model; score, summarise, draw.
+"""`pslider-eval`: sweep ParetoSliders, LoRA soups, fixed-weights baselines and the base model; score, summarise, draw.
 
     pslider-eval --backbone sd3 --base DIR_OR_HUB --checkpoint slider.safetensors [--checkpoint fixed_07.safetensors]
-        --include-base --prompts heldout.txt [--rewards r1,r2] [--judges j1] --grid 11 --seeds 0,1 --out eval/
+        [--soup fixed_10.safetensors,fixed_01.safetensors] --include-base --prompts heldout.txt [--rewards r1,r2]
+        [--judges j1] --grid 11 --seeds 0,1 --out eval/
 
 Writes to --out: scores.csv (one row per method, weights, prompt, seed, reward; resumable: rerunning the same
-command scores only what is missing), summary.json (hypervolumes, non-dominated points, controllability; held-out
-judges under "judges"), front.png, grid.png (prompts x weights of every ParetoSlider; for video, also
+command scores only what is missing), summary.json (hypervolumes, non-dominated points, controllability, each swept
+method against the fixed runs and each slider against each soup; held-out judges under "judges"), front.png, grid.png
+(prompts x weights of every ParetoSlider and soup; for video, also
 strips/<method>/<prompt>.png), samples/ (the first seed's samples, which the pictures are made of). Only click is
 imported before the options are parsed; the run itself is `evaluate.evaluate`.
 """
@@ -22,6 +24,10 @@ from .sample_cli import CONTEXT, sampling_options
 @click.command(context_settings=CONTEXT)
 @click.option("--checkpoint", "checkpoints", multiple=True,
               help="ParetoSlider or fixed-weights baseline file (the kind is read from its metadata); repeatable.")
+@click.option("--soup", "soups", multiple=True,
+              help="A,B[,...]: a LoRA soup of these fixed-weights files, one per training reward in the rewards' "
+                   "order (e.g. the runs at 1,0 and 0,1), swept over the same --grid as the sliders, the weights being "
+                   "the files' LoRA strengths; repeat for several soups.")
 @click.option("--include-base", is_flag=True, help="Also evaluate the base model itself (method 'base').")
 @click.option("--prompts", required=True, type=click.Path(dir_okay=False),
               help="Held-out prompts: one per line (.txt) or JSONL with \"prompt\" (and \"image\" for fluxkontext).")

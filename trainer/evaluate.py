@@ -5,6 +5,7 @@ only then): plan the methods, prompts, seeds and grid, draw and score what is mi
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from pslider_core.generation import (
     save_sample,
 )
 from pslider_core.rewards import Reward, RewardBatch, get_reward, parse_reward_list
+from pslider_core.soup import SOUP, LoraSoup, SoupInfo
 
 from .data import InputError, PromptItem, _check_reward_fits, load_sources, read_prompts
 from .sampling import (
@@ -46,9 +48,11 @@ from .sampling import (
     checkpoint_info,
     load_base,
     load_slider,
+    load_soup,
     parse_floats,
     resolve_base,
     resolve_settings,
+    soup_info,
 )
 
 Weights = tuple[float, ...] | None
@@ -57,12 +61,14 @@ BASE_NAME = "base"
 
 @dataclass(frozen=True)
 class Method:
-    """One evaluated model: a checkpoint (swept over the grid, or at its fixed weights) or the base model."""
+    """One evaluated model: a checkpoint (swept over the grid, or at its fixed weights), a LoRA soup of checkpoints
+    (swept over the same grid, its weights the strengths of its files) or the base model."""
 
     name: str
     kind: str
     info: CheckpointInfo | None
     points: tuple[Weights, ...]
+    soup: SoupInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -102,11 +108,13 @@ class Plan:
 
 
 # ---------------------------------------------------------------------------------------------------- validation
-def plan_methods(infos: list[CheckpointInfo], include_base: bool, grid: list[tuple[float, ...]]) -> list[Method]:
+def plan_methods(infos: list[CheckpointInfo], soups: list[SoupInfo], include_base: bool,
+                 grid: list[tuple[float, ...]]) -> list[Method]:
     methods = []
     for info in infos:
         points = tuple(grid) if info.kind == PARETO_SLIDER else (info.fixed_weights,)
         methods.append(Method(info.path.stem, info.kind, info, points))
+    methods += [Method(soup.name, SOUP, None, tuple(grid), soup) for soup in soups]
     if include_base:
         methods.append(Method(BASE_NAME, BASE, None, (None,)))
     names = [method.name for method in methods]
@@ -132,12 +140,14 @@ def build_scorers(text: str, option: str, adapter: BackboneAdapter) -> list[Rewa
     return rewards
 
 
-def training_rewards(text: str | None, infos: list[CheckpointInfo], adapter: BackboneAdapter) -> list[Reward]:
-    """--rewards, by default the checkpoints' own; every checkpoint must have been trained on exactly these."""
+def training_rewards(text: str | None, infos: list[CheckpointInfo], soups: list[SoupInfo],
+                     adapter: BackboneAdapter) -> list[Reward]:
+    """--rewards, by default the checkpoints' own (else the first soup's); every checkpoint must have been trained
+    on exactly these, and every soup has one file per reward, trained on some of them."""
     if text is None:
-        if not infos:
+        if not infos and not soups:
             raise click.UsageError("Pass --rewards: with only the base model there is no checkpoint to take them from.")
-        text = ",".join(infos[0].reward_names)
+        text = ",".join(infos[0].reward_names if infos else soups[0].reward_names)
     rewards = build_scorers(text, "--rewards", adapter)
     names = tuple(reward.name for reward in rewards)
     if len(set(names)) != len(names):
@@ -148,6 +158,14 @@ def training_rewards(text: str | None, infos: list[CheckpointInfo], adapter: Bac
                 f"{info.path.name} was trained on rewards {list(info.reward_names)} but --rewards gives {list(names)}. "
                 f"Pass the training rewards in the checkpoint's order (or leave --rewards out to use them), put "
                 "held-out scorers in --judges, and evaluate checkpoints of other reward sets separately."
+            )
+    for soup in soups:
+        if len(soup.files) != len(names) or not set(soup.reward_names) <= set(names):
+            raise click.UsageError(
+                f"--soup {','.join(str(info.path) for info in soup.files)}: a soup is swept over the rewards' weight "
+                f"grid, so it takes one file per training reward ({len(names)}: {', '.join(names)}), each trained on "
+                f"some of them (these were trained on {list(soup.reward_names)}); the file best at a reward goes in "
+                "its place."
             )
     return rewards
 
@@ -250,14 +268,15 @@ def run_jobs(plan: Plan, jobs: list[Job], table: ScoreTable, out: Path, base: st
         if not todo:
             continue
         slider = None if method.info is None else load_slider(method.info, pipe, f"pslider_eval_{number}")
-        for start in range(0, len(todo), settings.batch_size):
-            batch = todo[start : start + settings.batch_size]
+        soup = None if method.soup is None else load_soup(method.soup, pipe, f"pslider_eval_{number}")
+        for batch in _batches(todo, settings.batch_size, same_weights=soup is not None):
             items = [plan.items[job.item] for job in batch]
             sources = load_sources(items, settings.height, settings.width) if adapter.needs_source else None
             try:
                 samples = generate(
                     adapter, pipe, [item.prompt for item in items], seeds=[job.seed for job in batch],
                     slider=slider, weights=[job.weights for job in batch] if method.kind == PARETO_SLIDER else None,
+                    lora_scales=None if soup is None else soup.scales(batch[0].weights),
                     sources=sources, **settings.as_kwargs(),
                 )
             except ValueError as err:  # a setting the model cannot draw, e.g. a size the toy base does not know
@@ -274,7 +293,17 @@ def run_jobs(plan: Plan, jobs: list[Job], table: ScoreTable, out: Path, base: st
             bar.update(len(batch))
         if slider is not None and slider.lora is not None:
             pipe.transformer.delete_adapters(slider.adapter_name)
+        if soup is not None:
+            soup.remove()
     bar.close()
+
+
+def _batches(jobs: list[Job], size: int, same_weights: bool) -> list[list[Job]]:
+    """Consecutive jobs in batches of `size`; with `same_weights` (a soup: one set of LoRA strengths per model call)
+    a batch never spans two weights. A method's jobs come sorted by weights (`plan_jobs`)."""
+    groups = [list(group) for _, group in itertools.groupby(jobs, key=lambda job: job.weights)] if same_weights \
+        else [jobs]
+    return [group[start : start + size] for group in groups for start in range(0, len(group), size)]
 
 
 def score(plan: Plan, batch: list[Job], items: list[PromptItem], samples: torch.Tensor,
@@ -310,9 +339,9 @@ def oriented_means(table: ScoreTable, plan: Plan, scorers: list[Reward]) -> dict
 
 
 def draw_grid(plan: Plan, out: Path, ext: str) -> list[Path]:
-    """grid.png: rows = (ParetoSlider, prompt), columns = grid weights, first seed; videos by their middle frame,
-    plus one strip per (ParetoSlider, prompt) of evenly spaced frames."""
-    sliders = [method for method in plan.methods if method.kind == PARETO_SLIDER]
+    """grid.png: rows = (ParetoSlider or soup, prompt), columns = grid weights, first seed; videos by their middle
+    frame, plus one strip per (method, prompt) of evenly spaced frames."""
+    sliders = [method for method in plan.methods if method.kind in (PARETO_SLIDER, SOUP)]
     if not sliders:
         return []
     points = sliders[0].points
@@ -363,19 +392,24 @@ def report(plan: Plan, table: ScoreTable, out: Path, ext: str, reference: list[f
 
 
 # ---------------------------------------------------------------------------------------------------- the run
-def evaluate(checkpoints: tuple[str, ...], include_base: bool, prompts: str, rewards: str | None, judges: str | None,
-             judge_components: str | None, grid_size: int, seeds: str, ref: str | None, out: str, progress: bool,
-             backbone: str, base: str | None, device: str, dtype: str, video_format: str, **given: Any) -> None:
-    """pslider-eval: ParetoSliders against fixed-weights baselines and the base model: scores, fronts, hypervolume."""
-    if not checkpoints and not include_base:
-        raise click.UsageError("Nothing to evaluate: pass --checkpoint FILE (repeatable) and/or --include-base.")
+def evaluate(checkpoints: tuple[str, ...], soups: tuple[str, ...], include_base: bool, prompts: str,
+             rewards: str | None, judges: str | None, judge_components: str | None, grid_size: int, seeds: str,
+             ref: str | None, out: str, progress: bool, backbone: str, base: str | None, device: str, dtype: str,
+             video_format: str, **given: Any) -> None:
+    """pslider-eval: ParetoSliders against fixed-weights baselines, LoRA soups and the base model: scores, fronts,
+    hypervolume."""
+    if not checkpoints and not soups and not include_base:
+        raise click.UsageError("Nothing to evaluate: pass --checkpoint FILE (repeatable), --soup A,B and/or "
+                               "--include-base.")
     adapter = backbone_adapter(backbone)
     infos = [checkpoint_info(path, backbone) for path in checkpoints]
-    train = training_rewards(rewards, infos, adapter)
+    soup_infos = [soup_info(text, backbone) for text in soups]
+    train = training_rewards(rewards, infos, soup_infos, adapter)
     held_out = build_scorers(judges, "--judges", adapter) if judges else []
     clash = {r.name for r in train} & {j.name for j in held_out}
     if clash:
         raise click.UsageError(f"--judges repeats training rewards {sorted(clash)}; judges must be other scorers.")
+    files = infos + [info for soup in soup_infos for info in soup.files]
     try:
         grid = weight_grid(len(train), grid_size) if len(train) >= 2 else []
     except ValueError as err:
@@ -385,8 +419,8 @@ def evaluate(checkpoints: tuple[str, ...], include_base: bool, prompts: str, rew
     except InputError as err:
         raise click.UsageError(f"--prompts: {err}") from None
     plan = Plan(
-        adapter, plan_methods(infos, include_base, grid), items, prompt_labels(items), train, held_out,
-        parse_seeds(seeds), resolve_settings(adapter, infos[0] if infos else None, given),
+        adapter, plan_methods(infos, soup_infos, include_base, grid), items, prompt_labels(items), train, held_out,
+        parse_seeds(seeds), resolve_settings(adapter, next(iter(files), None), given),
     )
     reference = parse_reference(ref, train)
     weight_index = judge_weight_index(judge_components, held_out, len(train))
@@ -405,7 +439,7 @@ def evaluate(checkpoints: tuple[str, ...], include_base: bool, prompts: str, rew
             "checkpoints, prompts, seeds and --grid as before (adding more is fine), or use a new --out."
         )
     ext = "png" if adapter.modality == "image" else video_format
-    base = resolve_base(base, infos, adapter)
+    base = resolve_base(base, files, adapter)
     jobs = plan_jobs(plan, table, out_dir, ext)
     if jobs:
         run_jobs(plan, jobs, table, out_dir, base, device, dtype, video_format, progress)
@@ -414,7 +448,8 @@ def evaluate(checkpoints: tuple[str, ...], include_base: bool, prompts: str, rew
 
     run_info = {
         "backbone": backbone, "base": base,
-        "checkpoints": {info.path.stem: str(info.path) for info in infos}, "prompts": len(items),
+        "checkpoints": {info.path.stem: str(info.path) for info in infos},
+        "soups": {soup.name: [str(info.path) for info in soup.files] for soup in soup_infos}, "prompts": len(items),
         "seeds": plan.seeds, "grid": grid_size, **plan.settings.as_kwargs(),
     }
     report(plan, table, out_dir, ext, reference, weight_index, run_info)

@@ -66,13 +66,17 @@ def sampling_options(command: Callable) -> Callable:
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--checkpoint", required=True, help="ParetoSlider (or fixed-weights baseline) .safetensors file.")
+@click.option("--checkpoint", default=None, help="ParetoSlider (or fixed-weights baseline) .safetensors file.")
+@click.option("--soup", default=None,
+              help="Instead of --checkpoint: A,B[,...], a LoRA soup of these fixed-weights files (their LoRAs stacked at "
+                   "strengths lambda, delta-W = sum_i lambda_i delta-W_i, as stacked LoRA loaders do); --weights then "
+                   "gives one strength per file.")
 @click.option("--prompt", required=True, help="Text prompt (the edit instruction for fluxkontext).")
 @click.option("--source", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Source image to edit (fluxkontext only).")
 @click.option("--weights", "weights_list", multiple=True,
-              help="Preference weights, one per reward in the checkpoint's order, e.g. 0.3,0.7 (normalised to sum "
-                   "to 1). Repeat for several.")
+              help="Preference weights, one per reward in the checkpoint's order (with --soup: one strength per "
+                   "file), e.g. 0.3,0.7 (normalised to sum to 1). Repeat for several.")
 @click.option("--sweep", type=int, default=None,
               help="Also render a grid of N points per simplex edge: 2 rewards: N points from (1,0) to (0,1).")
 @click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True,

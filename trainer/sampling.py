@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from pslider_core.generation import (
     simplex_point,
 )
 from pslider_core.samplers import ODE_SOLVERS
+from pslider_core.soup import SOUP, LoraSoup, SoupInfo, describe_soup
 
 from .config import TrainConfig
 from .data import PromptItem, load_sources
@@ -93,6 +95,23 @@ def checkpoint_info(path: str, backbone: str) -> CheckpointInfo:
         return describe_checkpoint(path, backbone)
     except (ParetoSliderFileError, FileNotFoundError) as err:
         raise click.UsageError(f"--checkpoint {path}: {err}") from None
+
+
+def soup_info(text: str, backbone: str) -> SoupInfo:
+    """--soup A,B[,...]: the files' headers, checked to blend (nothing is loaded yet)."""
+    paths = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        return describe_soup(paths, backbone)
+    except (ParetoSliderFileError, FileNotFoundError) as err:
+        raise click.UsageError(f"--soup {text}: {err}") from None
+
+
+def load_soup(info: SoupInfo, pipe: Any, prefix: str = SOUP) -> LoraSoup:
+    """Put a soup's LoRAs on the base transformer; a file for another base model fails clearly."""
+    try:
+        return LoraSoup.load(info, pipe.transformer, prefix)
+    except (ParetoSliderFileError, ValueError) as err:
+        raise click.ClickException(f"--soup: {err}") from None
 
 
 def parse_floats(text: str, option: str) -> list[float]:
@@ -171,40 +190,53 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- the run
-def sample(checkpoint: str, prompt: str, source: str | None, weights_list: tuple[str, ...], sweep: int | None,
-           seeds: tuple[int, ...], out: str, backbone: str, base: str | None, device: str, dtype: str,
-           video_format: str, **given: Any) -> None:
-    """pslider-sample: render a ParetoSlider at chosen trade-offs between its rewards; prints the files written."""
+def sample(checkpoint: str | None, soup: str | None, prompt: str, source: str | None, weights_list: tuple[str, ...],
+           sweep: int | None, seeds: tuple[int, ...], out: str, backbone: str, base: str | None, device: str,
+           dtype: str, video_format: str, **given: Any) -> None:
+    """pslider-sample: render a ParetoSlider at chosen trade-offs between its rewards, or a LoRA soup at chosen
+    strengths of its files; prints the files written."""
     adapter = backbone_adapter(backbone)
-    info = checkpoint_info(checkpoint, backbone)
-    points = preference_points(info, weights_list, sweep)
+    if (checkpoint is None) == (soup is None):
+        raise click.UsageError("Pass --checkpoint FILE (a ParetoSlider or fixed-weights file) or --soup A,B (a LoRA "
+                               "soup of fixed-weights files), one of the two.")
+    info = checkpoint_info(checkpoint, backbone) if checkpoint is not None else None
+    mix = soup_info(soup, backbone) if soup is not None else None
+    files = [info] if info is not None else list(mix.files)
+    points = preference_points(info, weights_list, sweep) if info is not None else soup_points(mix, weights_list, sweep)
     if not prompt.strip():
         raise click.UsageError("--prompt is empty; pass the text to render.")
     if any(seed < 0 for seed in seeds):
         raise click.UsageError(f"--seed must be >= 0, got {list(seeds)}.")
     items = source_items(adapter, prompt, source)
-    settings = resolve_settings(adapter, info, given)
-    base = resolve_base(base, [info], adapter)
+    settings = resolve_settings(adapter, files[0], given)
+    base = resolve_base(base, files, adapter)
 
     pipe = load_base(adapter, base, device, dtype)
-    slider = load_slider(info, pipe)
+    sources = load_sources(items, settings.height, settings.width) if adapter.needs_source else None
+
+    def draw(jobs: list[tuple[tuple[float, ...] | None, int]], **model: Any) -> torch.Tensor:
+        try:
+            return generate(
+                adapter, pipe, [prompt] * len(jobs), seeds=[seed for _, seed in jobs], **model,
+                sources=None if sources is None else sources.expand(len(jobs), -1, -1, -1), **settings.as_kwargs(),
+            )
+        except ValueError as err:  # a setting the model cannot draw, e.g. a size the toy base does not know
+            raise click.ClickException(str(err)) from None
+
     jobs = [(w, seed) for w in points for seed in seeds]
-    sources = None
-    if adapter.needs_source:
-        sources = load_sources(items, settings.height, settings.width).expand(len(jobs), -1, -1, -1)
-    weights = None if info.kind == FIXED_WEIGHTS else [w for w, _ in jobs]
-    try:
-        samples = generate(
-            adapter, pipe, [prompt] * len(jobs), seeds=[seed for _, seed in jobs], slider=slider, weights=weights,
-            sources=sources, **settings.as_kwargs(),
-        )
-    except ValueError as err:  # a setting the model cannot draw, e.g. a size the toy base does not know
-        raise click.ClickException(str(err)) from None
+    if info is not None:
+        slider = load_slider(info, pipe)
+        kind, reward_names, origin = info.kind, info.reward_names, {"checkpoint": str(info.path)}
+        samples = draw(jobs, slider=slider, weights=None if info.kind == FIXED_WEIGHTS else [w for w, _ in jobs])
+    else:  # one set of LoRA strengths per model call
+        lora_soup = load_soup(mix, pipe)
+        kind, reward_names, origin = SOUP, mix.reward_names, {"soup": [str(f.path) for f in mix.files]}
+        samples = torch.cat([draw([(w, seed) for seed in seeds], lora_scales=lora_soup.scales(w)) for w in points])
     for sample, (w, seed) in zip(samples, jobs):
         tag_weights = info.fixed_weights if w is None else w
         metadata = {
             "prompt": prompt, "seed": seed, "weights": None if tag_weights is None else list(tag_weights),
-            "reward_names": list(info.reward_names), "kind": info.kind, "checkpoint": str(info.path),
+            "reward_names": list(reward_names), "kind": kind, **origin,
             "backbone": backbone, "base": base, "source": source, **settings.as_kwargs(),
         }
         stem = sample_name(tag_weights, seed, slug(prompt))
@@ -223,21 +255,29 @@ def preference_points(
                 "input), so it has no slider: drop --weights and --sweep."
             )
         return [None]
+    return _points(weights_list, sweep, info.spec.num_rewards, f"one weight per reward ({', '.join(info.reward_names)})",
+                   lambda weights: simplex_point(info.spec, weights))
+
+
+def soup_points(soup: SoupInfo, weights_list: tuple[str, ...], sweep: int | None) -> list[tuple[float, ...]]:
+    """The soup's strengths to render, one per file (on the simplex, in the given order, duplicates dropped)."""
+    names = ", ".join(info.path.name for info in soup.files)
+    return _points(weights_list, sweep, len(soup.files), f"one strength per soup file ({names})", soup.weights)
+
+
+def _points(weights_list: tuple[str, ...], sweep: int | None, size: int, what: str,
+            to_simplex: Callable[[list[float]], tuple[float, ...]]) -> list[tuple[float, ...]]:
     if not weights_list and sweep is None:
-        names = ", ".join(info.reward_names)
-        raise click.UsageError(
-            f"Pass --weights with one weight per reward ({names}), e.g. "
-            f"--weights {','.join(['0.5'] * info.spec.num_rewards)}, or --sweep N."
-        )
+        raise click.UsageError(f"Pass --weights with {what}, e.g. --weights {','.join(['0.5'] * size)}, or --sweep N.")
     points = []
     for text in weights_list:
         try:
-            points.append(simplex_point(info.spec, parse_floats(text, "--weights")))
+            points.append(to_simplex(parse_floats(text, "--weights")))
         except ValueError as err:
             raise click.UsageError(f"--weights {text}: {err}") from None
     if sweep is not None:
         try:
-            points.extend(weight_grid(info.spec.num_rewards, sweep))
+            points.extend(weight_grid(size, sweep))
         except ValueError as err:
             raise click.UsageError(f"--sweep: {err}") from None
     return list(dict.fromkeys(points))

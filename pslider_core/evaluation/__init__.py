@@ -5,10 +5,11 @@ then calls compute_summary / plot_front / contact_sheet on the results.
 """
 
 from .controllability import Controllability, average_ranks, controllability, monotonicity_violations, spearman
+from .fronts import DOMINANCE_TOLERANCE, compare_fronts, dominated_share, end_extent, hv_ratio, weakly_dominated
 from .grid import sweep_sorted, weight_grid
 from .pareto import default_reference, hypervolume, minmax_normalise, non_dominated
 from .scores import COLUMNS, MethodMeans, ScoreRow, ScoreTable, parse_weights_key, weights_key
-from .summary import KINDS, check_means, compute_summary, format_table, write_summary
+from .summary import KINDS, SWEPT, check_means, compute_summary, format_table, write_summary
 
 _PLOTS = ("contact_sheet", "method_colours", "plot_front", "video_strip")
 
@@ -23,18 +24,24 @@ def __getattr__(name: str):
 
 __all__ = [
     "COLUMNS",
+    "DOMINANCE_TOLERANCE",
     "KINDS",
+    "SWEPT",
     "Controllability",
     "MethodMeans",
     "ScoreRow",
     "ScoreTable",
     "average_ranks",
     "check_means",
+    "compare_fronts",
     "compute_summary",
     "contact_sheet",
     "controllability",
     "default_reference",
+    "dominated_share",
+    "end_extent",
     "format_table",
+    "hv_ratio",
     "hypervolume",
     "method_colours",
     "minmax_normalise",
@@ -45,6 +52,7 @@ __all__ = [
     "spearman",
     "sweep_sorted",
     "video_strip",
+    "weakly_dominated",
     "weight_grid",
     "weights_key",
     "write_summary",

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from .scores import MethodMeans
-from .summary import check_means
+from .summary import SWEPT, check_means
 
 ImageLike = np.ndarray | Image.Image
 
@@ -59,7 +59,7 @@ def plot_front(
 ) -> Path:
     """Mean reward vector of every method at every sweep point, on shared axes.
 
-    ParetoSlider runs are lines through their weights in sweep order (a few weights annotated),
+    ParetoSlider runs are lines through their weights in sweep order (a few weights annotated; LoRA soups dashed),
     fixed-weight runs are squares, the base model a star. With 3+ rewards: one panel per reward
     pair, up to 3 per row. The image is (columns x panel_px) by (rows x panel_px) pixels.
     """
@@ -81,12 +81,13 @@ def plot_front(
         for method, method_means in means.items():
             label = method if panel == 0 else None
             colour, values, kind = colours[method], method_means.values, kinds[method]
-            if kind == "pareto_slider":
+            if kind in SWEPT:
                 weights = np.asarray(method_means.weights)
                 on_line = _line_mask(weights, pair, len(rewards))
                 line = np.flatnonzero(on_line)
+                style = "-o" if kind == "pareto_slider" else "--D"  # a soup: dashed, diamonds
                 if len(line):
-                    axis.plot(values[line, x], values[line, y], "-o", color=colour, lw=2, ms=6, label=label)
+                    axis.plot(values[line, x], values[line, y], style, color=colour, lw=2, ms=6, label=label)
                     label = None
                     for index in sorted({line[0], line[len(line) // 2], line[-1]}):
                         axis.annotate(_weights_label(weights[index]), (values[index, x], values[index, y]),

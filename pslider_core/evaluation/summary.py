@@ -1,6 +1,8 @@
 """summary.json: hypervolume, non-dominated points and controllability per evaluated method.
 
-All rewards are maximised. The reference point is the per-reward minimum over every method's points
+Every swept method (ParetoSlider or LoRA soup) is also compared with the union of the fixed-weights runs, and every
+ParetoSlider with every soup, by `fronts.compare_fronts`: hypervolume ratio, share of the other's points it weakly
+dominates (within `dominance_tol`), extent of each reward. All rewards are maximised. The reference point is the per-reward minimum over every method's points
 unless one is given; hypervolumes are also reported after min-max normalising each reward over all
 methods, so rewards on different scales count equally. JSON has no NaN: an undefined number (a
 Spearman correlation over a reward or weight that never changed, a ratio over an empty union) is null.
@@ -19,10 +21,12 @@ import numpy as np
 
 from ..atomic import write_text_atomic
 from .controllability import controllability
+from .fronts import DOMINANCE_TOLERANCE, compare_fronts
 from .pareto import default_reference, hypervolume, minmax_normalise, non_dominated
 from .scores import MethodMeans
 
-KINDS = ("pareto_slider", "fixed_weights", "base")
+KINDS = ("pareto_slider", "fixed_weights", "base", "soup")
+SWEPT = ("pareto_slider", "soup")  # kinds evaluated along a weight grid
 
 
 def _number(value: float) -> float | None:
@@ -50,10 +54,8 @@ def check_means(
                 f"method {method!r} has rewards {list(method_means.rewards)} but others have {list(rewards)}; "
                 "take all means from one ScoreTable.means(rewards) call"
             )
-        if kind == "pareto_slider" and not method_means.has_weights:
-            raise ValueError(
-                f"ParetoSlider method {method!r} has no weights; score it at the points of a weight grid"
-            )
+        if kind in SWEPT and not method_means.has_weights:
+            raise ValueError(f"{kind} method {method!r} has no weights; score it at the points of a weight grid")
         if method_means.has_weights:
             weight_sizes.update(len(weights) for weights in method_means.weights)
     if len(weight_sizes) > 1:
@@ -124,13 +126,15 @@ def compute_summary(
     ref: Sequence[float] | None = None,
     weight_index: Mapping[str, int] | None = None,
     tol: float = 0.0,
+    dominance_tol: float = DOMINANCE_TOLERANCE,
 ) -> dict[str, Any]:
     """Metrics for every method; see the module docstring for conventions.
 
-    kinds maps each method to "pareto_slider", "fixed_weights" or "base". weight_index says which
+    kinds maps each method to "pareto_slider", "fixed_weights", "soup" or "base". weight_index says which
     weight component each reward should follow (default: reward i follows w_i, which needs as many
     rewards as weight components). tol is the drop a slider step may cause before it counts as a
-    monotonicity violation.
+    monotonicity violation; dominance_tol (reward units) the shortfall a point may have and still
+    weakly dominate another.
     """
     rewards, num_weights = check_means(means, kinds)
     components = _weight_components(rewards, num_weights, weight_index)
@@ -150,14 +154,22 @@ def compute_summary(
             "hypervolume_normalised": hypervolume(minmax_normalise(values, lo, hi), reference_normalised),
         }
 
+    def versus(values: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+        found = compare_fronts(values, other, reference, rewards, dominance_tol)
+        return {"hv_ratio": _number(found["hv_ratio"]), "dominated_share": _number(found["dominated_share"]),
+                "extent": {reward: _number(value) for reward, value in found["extent"].items()}}
+
     fixed = [means[method].values for method in means if kinds[method] == "fixed_weights"]
     union = {"num_points": sum(map(len, fixed)), **volumes(np.concatenate(fixed))} if fixed else None
+    soups = [method for method in means if kinds[method] == "soup"]
     methods: dict[str, Any] = {}
     for method, method_means in means.items():
         entry = {"kind": kinds[method], "num_points": len(method_means.weights), **volumes(method_means.values)}
-        if kinds[method] == "pareto_slider":
-            usable = union is not None and union["hypervolume"] > 0
-            entry["hv_ratio_vs_fixed_union"] = entry["hypervolume"] / union["hypervolume"] if usable else None
+        if kinds[method] in SWEPT:
+            entry["vs_fixed_union"] = versus(method_means.values, np.concatenate(fixed)) if fixed else None
+            entry["hv_ratio_vs_fixed_union"] = entry["vs_fixed_union"]["hv_ratio"] if fixed else None
+        if kinds[method] == "pareto_slider" and soups:
+            entry["vs_soups"] = {soup: versus(method_means.values, means[soup].values) for soup in soups}
         entry["controllability"] = _controllability(method_means, components, tol)
         entry["points"] = _points(method_means)
         methods[method] = entry
@@ -170,6 +182,7 @@ def compute_summary(
         "reference_given": ref is not None,
         "normalisation": {"lo": lo.tolist(), "hi": hi.tolist()},
         "reference_normalised": reference_normalised.tolist(),
+        "dominance_tolerance": dominance_tol,
         "methods": methods,
         "fixed_weights_union": union,
         "non_dominated": [
@@ -192,7 +205,7 @@ def _format(value: float | None, digits: int = 4) -> str:
 def format_table(summary: Mapping[str, Any]) -> str:
     """Plain-text table of the summary, one row per method, for printing."""
     rewards = summary["rewards"]
-    header = ["method", "kind", "points", "HV", "HV norm", "HV/fixed"]
+    header = ["method", "kind", "points", "HV", "HV norm", "HV/fixed", "fixed covered"]
     header += [f"rho {reward}" for reward in rewards] + [f"viol {reward}" for reward in rewards]
     rows = [header]
     for method, entry in summary["methods"].items():
@@ -204,6 +217,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
             _format(entry["hypervolume"]),
             _format(entry["hypervolume_normalised"]),
             _format(entry.get("hv_ratio_vs_fixed_union"), 3),
+            _format((entry.get("vs_fixed_union") or {}).get("dominated_share"), 3),
         ]
         row += [_format(control[reward]["spearman"], 3) if reward in control else "-" for reward in rewards]
         row += [
@@ -215,11 +229,15 @@ def format_table(summary: Mapping[str, Any]) -> str:
     if union is not None:
         rows.append(
             ["(union of fixed)", "fixed_weights", str(union["num_points"]), _format(union["hypervolume"]),
-             _format(union["hypervolume_normalised"]), "1"] + ["-"] * (2 * len(rewards))
+             _format(union["hypervolume_normalised"]), "1", "1"] + ["-"] * (2 * len(rewards))
         )
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     reference = ", ".join(f"{reward}={value:.4g}" for reward, value in zip(rewards, summary["reference"]))
     source = "given" if summary["reference_given"] else "per-reward minimum"
-    return "\n".join(lines + [f"reference point ({source}): {reference}"])
+    notes = [f"reference point ({source}): {reference}"]
+    if union is not None:
+        notes.append(f"fixed covered: share of the fixed runs' points weakly dominated (within "
+                     f"{summary['dominance_tolerance']:g}) by the method's points")
+    return "\n".join(lines + notes)
