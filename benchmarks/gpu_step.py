@@ -145,7 +145,7 @@ def main(configs: str, steps: int, timesteps: int, tiny: bool, device: str) -> N
     for real in chosen:
         r = run(real, args, tiny, device)
         print(f"{real.name:<12} {r['rollout_s']:>10.2f} {r['reward_s']:>9.2f} {r['train_s']:>8.2f} "
-              f"{r['epoch_s']:>8.2f} {r['peak_gib']:>9.1f} {r['ratio']:>12.3f} {r['tflops']:>13.2f} {r['syncs']:>6d}")
+              f"{r['epoch_s']:>8.2f} {r['peak_gib']:>9.1f} {r['ratio']:>12.3f} {r['tflops']:>13.3g} {r['syncs']:>6d}")
 
 
 if __name__ == "__main__":
