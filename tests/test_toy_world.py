@@ -126,9 +126,32 @@ def test_rewards_depend_on_the_prompt_and_reject_destroyed_content():
     assert (toy_rewards.sketch_look(sketched, wrong) < toy_rewards.sketch_look(sketched, prompts)).all()
     flooded = torch.tensor(COLORS["red"]).view(1, 3, 1, 1).expand(2, 3, 32, 32).clone()
     blank = torch.tensor(BACKGROUND).view(1, 3, 1, 1).expand(2, 3, 32, 32).clone()
-    for fn in (toy_rewards.color_fidelity, toy_rewards.sketch_look, toy_rewards.shape_size):
+    for fn in (toy_rewards.color_fidelity, toy_rewards.sketch_look, toy_rewards.shape_size, toy_rewards.vivid_fill,
+               toy_rewards.pale_fill):
         assert fn(flooded, ["a red circle"] * 2).max() < 0.05
         assert fn(blank, ["a red circle"] * 2).max() < 0.05
+
+
+def test_vivid_and_pale_trade_off_along_a_curved_front():
+    """Half-tinted fills score better on the sum than either end: the pair's front bulges outwards, so weighted sums
+    are best in the interior (unlike colour vs sketch, whose mixtures score little on both)."""
+    params = [sample_params(i, seed=11, split="all") for i in range(30)]
+    prompts = [prompt_for(p["color"], p["shape"]) for p in params]
+    tints = (0.0, 0.25, 0.5, 0.75, 1.0)
+    scores = torch.stack([
+        torch.stack([fn(torch.stack([render({**p, "tint": t}) for p in params]), prompts).mean()
+                     for fn in (toy_rewards.vivid_fill, toy_rewards.pale_fill)])
+        for t in tints
+    ])  # (tint, reward)
+    vivid, pale = scores[:, 0], scores[:, 1]
+    assert (vivid.diff() < 0).all() and (pale.diff() > 0).all()
+    assert vivid[0] > 0.9 and pale[0] < 0.05 and pale[-1] > 0.85
+    total = scores.sum(1)
+    assert total[2] > max(total[0], total[-1]) + 0.3  # the middle beats both corners on the sum
+    assert (total[1:4] > (total[0] + total[-1]) / 2 + 0.2).all()  # above the chord between the ends: curved
+    wrong = [prompt_for("blue" if p["color"] != "blue" else "red", p["shape"]) for p in params]
+    half = torch.stack([render({**p, "tint": 0.5}) for p in params])
+    assert toy_rewards.vivid_fill(half, wrong).mean() < vivid[2] - 0.3
 
 
 def test_size_reward_orders_sizes():
@@ -155,5 +178,7 @@ def test_toy_rewards_are_registered():
     batch = RewardBatch(images=torch.cat([filled, sketched]), prompts=prompts * 2)
     color, sketch, size = (get_reward(name) for name in ("toy_color", "toy_sketch", "toy_size"))
     assert torch.allclose(color(batch), toy_rewards.color_fidelity(batch.images, batch.prompts))
+    assert torch.allclose(get_reward("toy_vivid")(batch), toy_rewards.vivid_fill(batch.images, batch.prompts))
+    assert torch.allclose(get_reward("toy_pale")(batch), toy_rewards.pale_fill(batch.images, batch.prompts))
     assert (sketch(batch)[4:] > sketch(batch)[:4]).all()
     assert size(batch).shape == (8,)

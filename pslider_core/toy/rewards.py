@@ -13,6 +13,12 @@ Here every reward is measured on the shape the image shows and depends on the pr
   the data, times how well that template fits (its IoU with the foreground). Area alone was earned by bulging the
   shapes (a cross swelling into a blob reaches areas no clean cross has); a fitted scale saturates at the data's
   largest clean shape and a deformed one fits worse, so only clean growth pays.
+- `toy_vivid` / `toy_pale` (a second pair, whose front is curved): where each fill pixel sits on the line from the
+  prompt's colour (tint 0) to white (tint 1), scored 1 - t^2 (vivid) and 1 - (1 - t)^2 (pale), off-line pixels
+  counting less. Both are soft, so a half-tinted fill scores 0.75 on each (sum 1.5) where a solid or a white fill
+  scores 1 on one and 0 on the other (sum 1): every trade-off point is a distinct pastel, a weighted sum a w_0 +
+  (1 - a) w_1 is best at tint 1 - w_0, and fixed-weights runs spread along the front instead of collapsing to its
+  corners, which tests the interior of a slider's front.
 The first two conflict genuinely: the interior cannot be both the colour and white, so the trade-off is the fill
 tint, which the base model's data varies freely (dataset.py). Both extremes exist in the data and keep the
 prompt's colour and shape, so each reward is achievable without destroying content. Every reward is multiplied by
@@ -111,6 +117,30 @@ def sketch_look(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return white * ink * regions.gate
 
 
+def tint_profile(images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, ShapeRegions]:
+    """Per pixel (N, 1, H, W): t, the position on the line from the prompt's colour (0) to white (1), clamped to
+    [0, 1], and how close the pixel lies to that line (Gaussian of its distance, COLOR_TOLERANCE); and the regions."""
+    regions = ShapeRegions(images, prompts)
+    color = regions.color.view(-1, 3, 1, 1)
+    direction = 1 - color
+    t = ((images - color) * direction).sum(1, keepdim=True) / direction.pow(2).sum(1, keepdim=True).clamp(min=1e-6)
+    t = t.clamp(0, 1)
+    off = (images - color - t * direction).pow(2).sum(1, keepdim=True)
+    return t, torch.exp(-off / (2 * COLOR_TOLERANCE**2)), regions
+
+
+def vivid_fill(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """(N,) mean over the fill of 1 - t^2 (a solid fill of the prompt's colour scores 1), times the gate."""
+    t, on_line, regions = tint_profile(images, prompts)
+    return _masked_mean((1 - t.square()) * on_line, regions.fill) * regions.gate
+
+
+def pale_fill(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """(N,) mean over the fill of 1 - (1 - t)^2 (a white fill scores 1, a half tint 0.75), times the gate."""
+    t, on_line, regions = tint_profile(images, prompts)
+    return _masked_mean((1 - (1 - t).square()) * on_line, regions.fill) * regions.gate
+
+
 def fit_shape(mask: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, IoU), each (N,): the best-fitting template of each prompt's shape, centred on the mask's centroid.
 
@@ -171,3 +201,17 @@ class ToySize(_ToyReward):
     name = "toy_size"
     description = "toy world: fitted size of the prompt's shape, smallest (0) to largest (1) in the data, times fit"
     fn = staticmethod(shape_size)
+
+
+@register_reward("toy_vivid")
+class ToyVivid(_ToyReward):
+    name = "toy_vivid"
+    description = "toy world: fill towards the prompt's full colour, 1 - tint^2 (soft: a half tint scores 0.75), in [0, 1]"
+    fn = staticmethod(vivid_fill)
+
+
+@register_reward("toy_pale")
+class ToyPale(_ToyReward):
+    name = "toy_pale"
+    description = "toy world: fill towards white, 1 - (1 - tint)^2 (soft: a half tint scores 0.75), in [0, 1]"
+    fn = staticmethod(pale_fill)
