@@ -77,13 +77,28 @@ def test_benchmark_pipeline_end_to_end(tmp_path: Path, pareto_toy) -> None:
     text = results.read_text()
     rows = [line.split("|")[1].strip() for line in run["table"].splitlines()[2:]]
     fixed = [f"fixed_{a:.2f}-{1 - a:.2f}" for a in (1.0, 0.75, 0.5, 0.25, 0.0)]
-    assert rows == ["slider", *fixed, "base", "fixed (union of K)"]
-    match = re.search(r"^hypervolume ratio: (\S+)$", text, re.M)
-    assert match and math.isfinite(float(match.group(1)))
-    assert float(match.group(1)) == pytest.approx(run["checks"]["hv_ratio"], abs=1e-3)
-    assert run["checks"]["compute_fraction"] == pytest.approx(0.2)
-    assert 0 <= run["checks"]["base_valid"] <= 1
+    assert rows == ["slider", "soup", *fixed, "base", "fixed (union of K)"]
+    assert [line.split("|")[1:3] for line in run["seed_table"].splitlines()[2:]] == [[" 0 ", " slider "],
+                                                                                   [" 0 ", " soup "]]
+    found = run["checks"]
+    assert found["compute_fraction"] == pytest.approx(0.2) and found["soup_compute_fraction"] == pytest.approx(0.4)
+    assert 0 <= found["base_valid"] <= 1
+    assert all(0 <= share <= 1 for share in found["covered"]) and len(found["extent"]) == 1
     seed = run["per_seed"][0]
-    assert set(seed["slider"]["valid"]) == {"1.0;0.0", "0.5;0.5", "0.0;1.0"}  # the slider is judged at every w
+    assert set(seed["slider"]["valid"]) == set(seed["soup"]["valid"]) == {"1.0;0.0", "0.5;0.5", "0.0;1.0"}
     assert all(len(seed[name]["valid"]) == 1 for name in fixed)
+    # the soup holds the corner runs themselves: at its ends it is each of them, sample for sample
+    means = pareto_toy.read_means(tmp_path / "bench" / "seed0" / "eval" / "scores.csv")
+    soup = means["soup_fixed_1.00-0.00+fixed_0.00-1.00"]
+    assert soup["1.0;0.0"] == means["fixed_1.00-0.00"]["1.0;0.0"]
+    assert soup["0.0;1.0"] == means["fixed_0.00-1.00"]["0.0;1.0"]
+    assert seed["soup"]["covered"] >= 0.4  # the corner runs are 2 of the 5 fixed points
+    for reward, corner in (("toy_color", "fixed_1.00-0.00"), ("toy_sketch", "fixed_0.00-1.00")):
+        assert seed["soup"]["extent"][reward] >= seed[corner]["extent"][reward]
+        assert seed["soup"]["extent_ratio"][reward] == pytest.approx(
+            seed["soup"]["extent"][reward] / seed["fixed (union of K)"]["extent"][reward])
+    assert seed["slider"]["hv_vs_soup"] is None or seed["slider"]["hv_vs_soup"] >= 0
+    for label in ("worst end's extent ratio", "weakly dominated (tolerance 0.01)", "hypervolume slider / soup",
+                  "worst Spearman", "valid-rate gap"):
+        assert re.search(rf"^- [^\n]*{re.escape(label)}[^\n]*: (met|MISSED by \d)", text, re.M), label
     assert _is_png(front) and "Command: `python benchmarks/pareto_toy.py" in text
