@@ -3,7 +3,8 @@
 A real server on CPU loads the pack from a temporary custom_nodes folder (the repository symlinked in); API graphs
 run a tiny SD3 model through KSampler. Parity runs in a subprocess (tests/comfyui_parity.py) because the pytest
 process uses the fakes of tests/fakes: for the same file and w, the ComfyUI-patched model's prediction must equal
-the trainer-side conditioned diffusers transformer (tiny SD3 and tiny Flux/Kontext).
+the trainer-side conditioned diffusers transformer (tiny SD3 and tiny Flux/Kontext). The browser tests drive
+ComfyUI's real frontend in headless Chromium through Playwright (the system's chromium; skipped without it).
 
 Run: COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/python python -m pytest -m comfyui
 tests/test_comfyui_integration.py. COMFYUI_PYTHON (default: this Python) runs the server and the parity script: it
@@ -136,7 +137,8 @@ def subprocess_env(stub: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------- tiny SD3 files
 def write_tiny_sd3(models: Path, extra_sliders: Path) -> dict[str, str]:
-    """Tiny SD3 transformer (diffusers format, as UNETLoader reads it) and a trained-looking ParetoSlider file."""
+    """Tiny SD3 transformer (diffusers format, as UNETLoader reads it) and trained-looking ParetoSlider files for it:
+    2 rewards ("slider") and 3 rewards ("slider3", for the simplex widget)."""
     import torch
     from safetensors.torch import save_file
 
@@ -148,15 +150,19 @@ def write_tiny_sd3(models: Path, extra_sliders: Path) -> dict[str, str]:
     (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in transformer.state_dict().items()},
               str(models / "diffusion_models" / "tiny_sd3.safetensors"))
-    slider = ParetoSlider.attach(transformer, "sd3", ["photo", "sketch"],
-                                 lora=LoraSpec(4, 8, adapter.lora_target_modules), base_model="tiny-sd3")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in slider.trainable_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     extra_sliders.mkdir(parents=True, exist_ok=True)
-    slider.save(extra_sliders / "tiny_sd3_photo_sketch.safetensors")
-    return {"unet": "tiny_sd3.safetensors", "slider": "tiny_sd3_photo_sketch.safetensors"}
+    files = {"slider": ("tiny_sd3_photo_sketch.safetensors", ["photo", "sketch"]),
+             "slider3": ("tiny_sd3_photo_sketch_anime.safetensors", ["photo", "sketch", "anime"])}
+    for seed, (file, rewards) in enumerate(files.values(), start=1):
+        transformer = adapter.tiny_pipeline(seed=0).transformer  # bare: attach adds a LoRA adapter to it
+        slider = ParetoSlider.attach(transformer, "sd3", rewards,
+                                     lora=LoraSpec(4, 8, adapter.lora_target_modules), base_model="tiny-sd3")
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in slider.trainable_parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        slider.save(extra_sliders / file)
+    return {"unet": "tiny_sd3.safetensors", **{key: file for key, (file, _) in files.items()}}
 
 
 class Server:
@@ -300,7 +306,8 @@ def test_object_info_serves_the_pack_nodes_exactly_as_the_tests_see_them(server)
     listed = server.json("/object_info")
     for node_id, cls in pack.nodes.items():
         real, fake = listed[node_id], json.loads(json.dumps(cls.GET_NODE_INFO_V1()))
-        assert real["input"]["required"]["file"][1]["options"] == [server.names["slider"]]
+        options = real["input"]["required"]["file"][1]["options"]
+        assert options == sorted([server.names["slider"], server.names["slider3"]])
         real["input"]["required"]["file"][1]["options"] = fake["input"]["required"]["file"][1]["options"] = []
         for key in ("input", "input_order", "output", "output_name", "output_is_list", "name", "display_name",
                     "description", "category", "output_node"):
@@ -417,58 +424,254 @@ def test_bad_input_is_a_node_error_and_the_server_keeps_serving(server):
 
 
 # ---------------------------------------------------------------------------------------------- browser
-def test_frontend_names_the_sliders_after_the_chosen_files_rewards(server):
-    """Playwright + Debian's chromium: open ComfyUI, load a shared workflow, choose a file, read the sliders."""
+# Debian's chromium, never a browser Playwright downloads; Playwright gives each launch a fresh profile.
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Playwright's sync API and the system's chromium executable; skips (before any server starts) without them."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
         pytest.skip("no chromium executable (Debian: apt-get install chromium)")
-    workflow = json.loads((REPO_ROOT / "workflows" / "sd35_t2i_sliders.json").read_text())
+    return sync_api, executable
+
+
+@pytest.fixture(scope="module")
+def page(chromium, server):
+    """ComfyUI's real frontend in headless Chromium (Playwright), one page for the module's browser tests."""
+    sync_api, executable = chromium
+    # no dialog over the canvas, where the mouse events must land: the template browser of a new user's first visit,
+    # the missing-models list of a shared workflow whose models this server lacks
+    settings = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False}
+    request = urllib.request.Request(server.url + "/settings", data=json.dumps(settings).encode(), method="POST")
+    urllib.request.urlopen(request, timeout=30).close()
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(server.url, wait_until="networkidle")
             page.wait_for_function("() => window.app && window.app.graph", timeout=60_000)
-            page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)
-            page.evaluate(
-                """(file) => {
-                    const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
-                    const widget = node.widgets.find((w) => w.name === "file");
-                    widget.value = file;
-                    widget.callback(file);
-                }""",
-                server.names["slider"],
-            )
-            page.wait_for_function(
-                """() => {
-                    const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
-                    return node.widgets.find((w) => w.name === "w1").label === "photo";
-                }""",
-                timeout=30_000,
-            )
-            sliders = page.evaluate(
-                """() => window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply").widgets
-                    .filter((w) => /^w\\d$/.test(w.name))
-                    .map((w) => ({name: w.name, label: w.label, hidden: !!w.hidden, value: w.value}))"""
-            )
-            # what the node shows after a run, and that this display never enters the saved or sent graph
-            shown, saved, sent = page.evaluate(
-                """async () => {
-                    const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
-                    node.onExecuted({text: ["photo 0.3 · sketch 0.7"], weights: [[0.3, 0.7]]});
-                    const prompt = await window.app.graphToPrompt();
-                    return [node.widgets.find((w) => w.name === "applied_weights").value,
-                            node.serialize().widgets_values, prompt.output[String(node.id)].inputs];
-                }"""
-            )
+            yield page
         finally:
             browser.close()
+
+
+def test_frontend_names_the_sliders_after_the_chosen_files_rewards(page, server):
+    """Load a shared workflow, choose a file, read the sliders."""
+    workflow = json.loads((REPO_ROOT / "workflows" / "sd35_t2i_sliders.json").read_text())
+    page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)
+    page.evaluate(
+        """(file) => {
+            const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
+            const widget = node.widgets.find((w) => w.name === "file");
+            widget.value = file;
+            widget.callback(file);
+        }""",
+        server.names["slider"],
+    )
+    page.wait_for_function(
+        """() => {
+            const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
+            return node.widgets.find((w) => w.name === "w1").label === "photo";
+        }""",
+        timeout=30_000,
+    )
+    sliders = page.evaluate(
+        """() => window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply").widgets
+            .filter((w) => /^w\\d$/.test(w.name))
+            .map((w) => ({name: w.name, label: w.label, hidden: !!w.hidden, value: w.value}))"""
+    )
+    # what the node shows after a run, and that this display never enters the saved or sent graph
+    shown, saved, sent, widget_names = page.evaluate(
+        """async () => {
+            const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
+            node.onExecuted({text: ["photo 0.3 · sketch 0.7"], weights: [[0.3, 0.7]]});
+            const prompt = await window.app.graphToPrompt();
+            return [node.widgets.find((w) => w.name === "applied_weights").value,
+                    node.serialize().widgets_values, prompt.output[String(node.id)].inputs,
+                    node.widgets.map((w) => w.name)];
+        }"""
+    )
     assert [(s["label"], s["hidden"]) for s in sliders[:2]] == [("photo", False), ("sketch", False)]
     assert all(s["hidden"] and s["value"] == 0 for s in sliders[2:]) and len(sliders) == 8
     assert shown == "photo 0.3 · sketch 0.7"
     assert saved == [server.names["slider"], 1, 0.5, 0.5, 0, 0, 0, 0, 0, 0]
     assert set(sent) == {"model", "file", "strength", *(f"w{i}" for i in range(1, 9))}
+    assert not any(name.startswith("simplex") for name in widget_names), "2 rewards: no triangle"
+
+
+SIMPLEX_MODULE = f"/extensions/{PACK_FOLDER}/js/simplex.js"
+NODE = "(id) => window.app.graph.getNodeById(id)"
+
+
+def _show_node(page, node_id: int, scale: float) -> None:
+    """Put the node near the top left of the viewport at `scale` and let the DOM widgets follow (two frames)."""
+    page.evaluate(
+        """([id, scale]) => {
+            const node = window.app.graph.getNodeById(id);
+            const ds = window.app.canvas.ds;
+            ds.scale = scale;
+            ds.offset = [120 / scale - node.pos[0], 80 / scale - node.pos[1]];
+            window.app.canvas.setDirty(true, true);
+            return new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+        }""",
+        [node_id, scale],
+    )
+
+
+def _triangle(page, node_id: int, prefix: str):
+    """(the widget's canvas element, its page box, its corners in page coordinates), from the widget's own geometry."""
+    element = page.evaluate_handle(f"([id, name]) => ({NODE})(id).widgets.find((w) => w.name === name).element",
+                                   [node_id, f"simplex_{prefix}"]).as_element()
+    box = element.bounding_box()
+    width, local = page.evaluate(
+        f"""async (element) => [element.clientWidth,
+            (await import("{SIMPLEX_MODULE}")).corners(element.clientWidth, element.clientHeight)]""",
+        element,
+    )
+    scale = box["width"] / width  # the canvas zoom scales the element
+    return element, box, [(box["x"] + x * scale, box["y"] + y * scale) for x, y in local]
+
+
+def _at(corners, weights) -> tuple[float, float]:
+    return tuple(sum(w * c[k] for w, c in zip(weights, corners)) for k in (0, 1))
+
+
+def _past(corners, weights) -> tuple[float, float]:
+    """A point outside the triangle, straight out from the centroid through the point of the edge at `weights`."""
+    (x, y), (gx, gy) = _at(corners, weights), _at(corners, (1 / 3, 1 / 3, 1 / 3))
+    return x + (x - gx) * 0.6, y + (y - gy) * 0.6
+
+
+def _drag(page, start, end) -> None:
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=4)
+    page.mouse.up()
+
+
+def _values(page, node_id: int, names: list[str]) -> list[float]:
+    return page.evaluate(f"([id, names]) => names.map((n) => ({NODE})(id).widgets.find((w) => w.name === n).value)",
+                         [node_id, names])
+
+
+def _pixels(page, element, points, box) -> list[list[int]]:
+    """RGBA of the widget's canvas at page points."""
+    return page.evaluate(
+        """([element, points]) => {
+            const scale = element.width / element.getBoundingClientRect().width;
+            const ctx = element.getContext("2d");
+            return points.map(([x, y]) => Array.from(ctx.getImageData(Math.round(x * scale), Math.round(y * scale),
+                                                                      1, 1).data));
+        }""",
+        [element, [[x - box["x"], y - box["y"]] for x, y in points]],
+    )
+
+
+def test_frontend_simplex_widget_for_three_rewards(page, server):
+    """A 3-reward file: a triangle under the sliders. Dragging writes barycentric weights into w1..w3 (dragging past an
+    edge clamps to the triangle), moving the sliders moves the handle, the queued prompt carries the dragged weights
+    and the node applies them, a saved workflow loads with the same widget values; a Schedule node gets a start and an
+    end triangle, and a 2-reward file hides them."""
+    api_graph = graph(server, apply_node(0.5, 0.5), prefix="simplex")
+    api_graph["10"]["inputs"]["file"] = server.names["slider3"]
+    page.evaluate("(g) => window.app.loadApiJson(g, 'simplex')", api_graph)
+    page.wait_for_function(f"() => ({NODE})(10).widgets.some((w) => w.name === 'simplex_w')", timeout=30_000)
+    _show_node(page, 10, 1.0)
+    # the hidden sliders w4..w8 take no room above the triangle
+    assert page.evaluate(f"() => ({NODE})(10).widgets.filter((w) => w.hidden).map((w) => w.computedHeight)") == [0] * 5
+    element, box, corners = _triangle(page, 10, "w")
+    centroid = _at(corners, (1 / 3, 1 / 3, 1 / 3))
+    w = ["w1", "w2", "w3"]
+    for end, expected in ((_past(corners, (1, 0, 0)), (1, 0, 0)),  # past a corner: clamped to it
+                          (_past(corners, (0, 0, 1)), (0, 0, 1)),
+                          (_at(corners, (0, 0.5, 0.5)), (0, 0.5, 0.5)),  # an edge's midpoint
+                          (_past(corners, (0.5, 0.5, 0)), (0.5, 0.5, 0)),  # past one: clamped to the edge
+                          (centroid, (1 / 3, 1 / 3, 1 / 3)),
+                          (_at(corners, (0.6, 0.1, 0.3)), (0.6, 0.1, 0.3))):
+        _drag(page, centroid, end)
+        got = _values(page, 10, w)
+        assert max(abs(g - e) for g, e in zip(got, expected)) < 0.02 and abs(sum(got) - 1) < 1e-9, (end, got, expected)
+    dragged = _values(page, 10, w)
+
+    # queue from the browser: the prompt carries the sliders only, and the node applies what was dragged
+    page.evaluate("() => window.app.queuePrompt(0)")
+    page.wait_for_function(
+        f"() => ({NODE})(10).widgets.find((w) => w.name === 'applied_weights')?.value", timeout=120_000)
+    deadline = time.time() + 120
+    while (queue := server.json("/queue"))["queue_running"] or queue["queue_pending"]:
+        assert time.time() < deadline, queue
+        time.sleep(0.5)
+    entry = next(iter(server.json("/history?max_items=1").values()))
+    assert completed(entry), error_message(entry)
+    sent = entry["prompt"][2]["10"]["inputs"]
+    assert [sent[n] for n in w] == dragged and not any(name.startswith("simplex") for name in sent)
+    [applied] = entry["outputs"]["10"]["weights"]
+    assert len(applied) == 3 and max(abs(x - y) for x, y in zip(applied, (0.6, 0.1, 0.3))) < 0.02
+
+    # a slider moved (as its drag does: setValue) moves the handle from where it was to the centroid
+    q = _at(corners, dragged)
+    before = _pixels(page, element, [q, centroid], box)
+    page.evaluate(
+        f"""(id) => {{
+            const node = ({NODE})(id);
+            for (const [name, v] of [["w1", 0.33], ["w2", 0.33], ["w3", 0.34]])
+                node.widgets.find((w) => w.name === name).setValue(v, {{node, canvas: window.app.canvas}});
+            node.setDirtyCanvas(true, true);
+            return new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+        }}""",
+        10,
+    )
+    after = _pixels(page, element, [q, centroid], box)
+    assert before[0] != before[1] and after == before[::-1], (before, after)  # handle and triangle swapped places
+
+    # the triangle is no input: the saved workflow holds the same positional values and loads them back
+    saved = page.evaluate(
+        """async () => {
+            const saved = window.app.graph.serialize();
+            await window.app.loadGraphData(saved);
+            return saved.nodes.find((n) => n.id === 10).widgets_values;
+        }"""
+    )
+    page.wait_for_function(f"() => ({NODE})(10).widgets.some((w) => w.name === 'simplex_w')", timeout=30_000)
+    reloaded = page.evaluate(f"() => ({NODE})(10).serialize().widgets_values")
+    assert saved == reloaded and saved[:10] == [server.names["slider3"], 1, 0.33, 0.33, 0.34, 0, 0, 0, 0, 0]
+    assert None not in saved  # a non-serialized widget before a serialized one would leave a hole
+
+    # Schedule: a start and an end triangle; dragging the end one moves only the end sliders
+    schedule = {"1": api_graph["1"], "11": {"class_type": "ParetoSliderSchedule", "inputs": {
+        "model": ["1", 0], "file": server.names["slider3"], "strength": 1.0,
+        **{f"{p}w{i + 1}": [0.5, 0.5][i] if i < 2 else 0.0 for p in ("start_", "end_") for i in range(8)}}}}
+    page.evaluate("(g) => window.app.loadApiJson(g, 'simplex_schedule')", schedule)
+    page.wait_for_function(f"() => ({NODE})(11).widgets.some((w) => w.name === 'simplex_end_w')", timeout=30_000)
+    _show_node(page, 11, 0.75)
+    end_element, _, corners = _triangle(page, 11, "end_w")
+    _drag(page, _at(corners, (1 / 3, 1 / 3, 1 / 3)), _past(corners, (0, 1, 0)))
+    names = [f"{p}_w{i}" for p in ("start", "end") for i in (1, 2, 3)]
+    assert _values(page, 11, names) == [0.5, 0.5, 0, 0, 1, 0]
+    start_element = _triangle(page, 11, "start_w")[0]
+    assert start_element.is_visible() and end_element.is_visible()
+
+    # a 2-reward file: no triangle, and no room kept for one
+    height = page.evaluate(
+        f"""(file) => {{
+            const node = ({NODE})(11);
+            const widget = node.widgets.find((w) => w.name === "file");
+            const height = node.size[1];
+            widget.value = file;
+            widget.callback(file);
+            return height;
+        }}""",
+        server.names["slider"],
+    )
+    page.wait_for_function(f"() => ({NODE})(11).widgets.find((w) => w.name === 'simplex_end_w').hidden",
+                           timeout=30_000)
+    _show_node(page, 11, 0.75)
+    assert not start_element.is_visible() and not end_element.is_visible()
+    assert page.evaluate(f"() => ({NODE})(11).size[1]") < height - 300
 
 
 # ---------------------------------------------------------------------------------------------- parity

@@ -1,8 +1,9 @@
 // ParetoSlider web extension: names each weight slider after its reward and hides the sliders the chosen file
-// does not use (setting them to 0, which the nodes require). Optional: without it the graph still runs, the
-// sliders are just called w1..w8.
+// does not use (setting them to 0, which the nodes require); for 3 rewards it adds a triangle to drag (simplex.js).
+// Optional: without it the graph still runs, the sliders are just called w1..w8.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
+import { syncSimplex } from "./simplex.js";
 
 const EXTENSION = "ParetoSlider.RewardSliders";
 const NODE_IDS = new Set(["ParetoSliderApply", "ParetoSliderSweep", "ParetoSliderSchedule"]);
@@ -29,8 +30,16 @@ async function relabel(node) {
     const reward = names?.[index] ?? widget.name;
     widget.label = match[1] ? `${match[1]}: ${reward}` : reward;
     widget.hidden = !used;
-    if (!used) widget.value = 0;
+    // the 1.27 frontend lays out hidden widgets too: zero height keeps the widgets after them (the triangle, the
+    // applied weights) right below the used sliders
+    if (used) {
+      delete widget.computeSize;
+    } else {
+      widget.computeSize = () => [0, -4];
+      widget.value = 0;
+    }
   }
+  syncSimplex(node, names);
   node.setSize([node.size[0], node.computeSize()[1]]);
   node.setDirtyCanvas(true, true);
 }
