@@ -70,14 +70,19 @@ class PreferenceWrapper:
                 handle.remove()
 
 
-def patch_model(model: Any, loaded: LoadedSlider, strength: float, policy: WeightPolicy) -> Any:
-    """A clone of `model` with the file's LoRA at `strength` and its preference modules following `policy`."""
+def patch_model(model: Any, loaded: LoadedSlider, strength: float, policy: WeightPolicy | list) -> Any:
+    """A clone of `model` with the file's LoRA at `strength` and its preference modules following `policy`, or, given
+    a list of `controls.ControlTerm`, their combination (guidance, regional or per-frame weights)."""
     points = hook_points(model, loaded.data, loaded.name)
+    if isinstance(policy, list):
+        from .controls import ControlWrapper
+
+        wrapper: Any = ControlWrapper(loaded, points, policy)
+    else:
+        wrapper = PreferenceWrapper(loaded, policy, points)
     if loaded.data.lora_state and strength != 0.0:
         patched, _ = comfy.sd.load_lora_for_models(model, None, loaded.data.lora_state, strength, 0)
     else:
         patched = model.clone()
-    patched.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, PreferenceWrapper(loaded, policy, points)
-    )
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, wrapper)
     return patched

@@ -25,6 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 from torch import nn
 
 from .backbones import BackboneAdapter, Conditioning
+from .controls import ControlContext, PreferenceControl, check_controls, controlled_velocity
 from .file_format import ParetoSliderFileError, read_header
 from .formats import VIDEO_FORMATS
 from .preference import PreferenceSpec
@@ -184,6 +185,7 @@ def generate(
     num_frames: int = 1,
     guidance_scale: float = 1.0,
     batch_size: int = 8,
+    controls: Sequence[PreferenceControl] = (),
 ) -> torch.Tensor:
     """Images (B, 3, H, W) or videos (B, T, 3, H, W) in [0, 1] on the CPU, one per prompt.
 
@@ -194,7 +196,8 @@ def generate(
     hooks (a LoRA soup: `pslider_core.soup.LoraSoup.scales`).
     sources: (B, 3, H, W) in [0, 1] for editing backbones. guidance_scale > 1 adds classifier-free guidance
     against the empty prompt (the paper samples without it). The deterministic ODE runs `batch_size` samples
-    at a time.
+    at a time. controls (a slider with weights only): `pslider_core.controls` preference guidance, regional or
+    per-frame weights, on the cond and the uncond velocity alike.
     """
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     n = len(prompts)
@@ -213,6 +216,9 @@ def generate(
     if lora_scales is not None and slider is not None:
         raise ValueError("Pass either a slider or lora_scales (a LoRA soup), not both.")
     w = _per_sample_weights(slider, weights, n)
+    controls = check_controls(controls)
+    if controls and w is None:
+        raise ValueError("Preference controls (guidance, regional or per-frame weights) need a slider and weights.")
     outputs = []
     with active_lora(pipe.transformer, _lora_name(slider) if lora_scales is None else lora_scales):
         for start in range(0, n, batch_size):
@@ -221,7 +227,7 @@ def generate(
                 _generate_batch(
                     adapter, pipe, prompts[pick], seeds[pick], slider, None if w is None else w[pick],
                     None if sources is None else sources[pick], num_steps, solver, height, width, num_frames,
-                    guidance_scale,
+                    guidance_scale, [control.select(pick) for control in controls],
                 )
             )
     return torch.cat(outputs)
@@ -230,7 +236,7 @@ def generate(
 def _generate_batch(
     adapter: BackboneAdapter, pipe: Any, prompts: list[str], seeds: list[int], slider: ParetoSlider | None,
     w: torch.Tensor | None, sources: torch.Tensor | None, num_steps: int, solver: str, height: int, width: int,
-    num_frames: int, guidance_scale: float,
+    num_frames: int, guidance_scale: float, controls: Sequence[PreferenceControl] = (),
 ) -> torch.Tensor:
     transformer = pipe.transformer
     size = {"height": height, "width": width, "num_frames": num_frames}
@@ -243,6 +249,9 @@ def _generate_batch(
     sigmas = adapter.sigmas(pipe, num_steps, noise, cond)
 
     def predictor(c: Conditioning) -> VelocityFn:
+        if controls:
+            context = ControlContext(adapter, pipe, slider.spec, height, width, num_frames)
+            return controlled_velocity(adapter, pipe, slider, c, w, controls, context)
         return lambda x, sigma: adapter.predict_velocity(pipe, transformer, x, sigma, c)
 
     velocity = guided_velocity(predictor(cond), predictor(uncond) if uncond is not None else None, guidance_scale)

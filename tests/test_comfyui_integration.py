@@ -409,6 +409,86 @@ def test_a_schedule_runs_between_its_two_ends(server):
     assert min((moving - ends["start"]).abs().max(), (moving - ends["end"]).abs().max()) > 1e-4
 
 
+# ---------------------------------------------------------------------------------------------- controls
+# One Euler step from sigma_max lands on the CFG-combined denoised latent, which is affine in the model's output, and
+# SD3's process_latent_out is affine too: a 1-step render of a combination is the combination of 1-step renders.
+def one_step(server: Server, node: dict | None, prefix: str, mask: bool = False):
+    g = graph(server, node, prefix=prefix)
+    g["5"]["inputs"]["steps"] = 1
+    if mask:  # the left half of the 32 x 32 image: SolidMask 0 everywhere, plus 1 on a 16 px wide strip
+        g["20"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 32, "height": 32}}
+        g["21"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 16, "height": 32}}
+        g["22"] = {"class_type": "MaskComposite", "inputs": {"destination": ["20", 0], "source": ["21", 0], "x": 0,
+                                                             "y": 0, "operation": "add"}}
+    entry = server.run(g)
+    assert completed(entry), error_message(entry) if "status" in entry else entry
+    return server.latents(entry, "6")[0]
+
+
+def guided_node(*w: float, scale: float, source: str) -> dict:
+    node = apply_node(*w)
+    node["inputs"].update({"preference_guidance": scale, "guidance_from": source})
+    return node
+
+
+def regional_node(inside: tuple, outside: tuple, **extra) -> dict:
+    return {"class_type": "ParetoSliderRegional", "inputs": {
+        "mask": ["22", 0], **{f"inside_w{i + 1}": (inside[i] if i < 2 else 0.0) for i in range(8)},
+        **{f"outside_w{i + 1}": (outside[i] if i < 2 else 0.0) for i in range(8)}, **extra}}
+
+
+def test_preference_guidance_through_the_real_sampler_is_the_stated_combination(server):
+    at = {w: one_step(server, apply_node(*w), f"g{w[0]:g}") for w in ((0.0, 1.0), (1.0, 0.0), (0.5, 0.5))}
+    for source, w_from in (("opposite", (1.0, 0.0)), ("uniform", (0.5, 0.5))):
+        guided = one_step(server, guided_node(0.0, 1.0, scale=2.0, source=source), f"guided_{source}")
+        expected = at[w_from] + 2.0 * (at[(0.0, 1.0)] - at[w_from])
+        assert (guided - expected).abs().max() < 1e-4, source
+        assert (guided - at[(0.0, 1.0)]).abs().max() > 1e-3
+    off = one_step(server, guided_node(0.0, 1.0, scale=1.0, source="opposite"), "guided_off")
+    assert (off == at[(0.0, 1.0)]).all(), "guidance 1 is the plain node"
+    entry = server.run(graph(server, guided_node(0.0, 1.0, scale=3.0, source="opposite"), prefix="guided3"))
+    assert completed(entry) and entry["outputs"]["10"]["text"] == ["photo 0 · sketch 1",
+                                                                    "preference guidance 3 from opposite"]
+    rejected = server.run(graph(server, guided_node(0.0, 1.0, scale=0.0, source="uniform"), prefix="zero"))["rejected"]
+    assert "value_smaller_than_min" in json.dumps(rejected)
+    bad = graph(server, guided_node(0.0, 1.0, scale=2.0, source="uniform"), prefix="nan_guidance")
+    bad["10"]["inputs"]["preference_guidance"] = float("nan")
+    entry = server.run(bad)
+    assert not completed(entry) and "preference_guidance = nan" in error_message(entry)
+
+
+def test_regional_weights_follow_a_real_mask_and_compose_with_guidance(server):
+    inside, outside = one_step(server, apply_node(0.0, 1.0), "r_in"), one_step(server, apply_node(1.0, 0.0), "r_out")
+    got = one_step(server, regional_node((0.0, 1.0), (1.0, 0.0)), "regional", mask=True)
+    assert got.shape == inside.shape and got.shape[-1] == 4  # the 32 px mask resized to the 4 x 4 latent
+    assert (got[..., :2] - inside[..., :2]).abs().max() < 1e-4, "left half: the inside weights"
+    assert (got[..., 2:] - outside[..., 2:]).abs().max() < 1e-4, "right half: the outside weights"
+    uniform = one_step(server, apply_node(0.5, 0.5), "r_uniform")
+    guided = one_step(server, regional_node((0.0, 1.0), (1.0, 0.0), preference_guidance=2.0,
+                                            guidance_from="uniform"), "regional_guided", mask=True)
+    assert (guided[..., :2] - (uniform + 2 * (inside - uniform))[..., :2]).abs().max() < 1e-4
+    assert (guided[..., 2:] - (uniform + 2 * (outside - uniform))[..., 2:]).abs().max() < 1e-4
+    g = graph(server, regional_node((0.0, 1.0), (1.0, 0.0)), prefix="regional3")
+    g["20"] = {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 64, "height": 64}}
+    g["22"] = {"class_type": "MaskComposite", "inputs": {"destination": ["20", 0], "source": ["20", 0], "x": 0,
+                                                         "y": 0, "operation": "multiply"}}
+    g["30"] = {"class_type": "PSliderTestModules", "inputs": {"samples": ["5", 0]}}
+    entry = server.run(g)  # a 3-step render with a soft mask of another size runs, importing no training package
+    assert completed(entry), error_message(entry)
+    assert entry["outputs"]["30"]["imported"] == []
+    assert entry["outputs"]["10"]["text"] == ["inside: photo 0 · sketch 1", "outside: photo 1 · sketch 0"]
+
+
+def test_schedule_over_frames_is_refused_on_an_image_model(server):
+    schedule = {"class_type": "ParetoSliderSchedule", "inputs": {
+        **{f"start_w{i + 1}": float(i == 0) for i in range(8)}, **{f"end_w{i + 1}": float(i == 1) for i in range(8)},
+        "over": "frames"}}
+    entry = server.run(graph(server, schedule, prefix="frames"))
+    assert not completed(entry) and "over = frames moves the weights over a video's frames" in error_message(entry)
+    schedule["inputs"]["over"] = "sampling"
+    assert completed(server.run(graph(server, schedule, prefix="sampling")))
+
+
 def test_bad_input_is_a_node_error_and_the_server_keeps_serving(server):
     entry = server.run(graph(server, apply_node(0.0, 0.0), prefix="zero"))
     assert not completed(entry) and "must not all be zero" in error_message(entry)
@@ -498,8 +578,9 @@ def test_frontend_names_the_sliders_after_the_chosen_files_rewards(page, server)
     assert [(s["label"], s["hidden"]) for s in sliders[:2]] == [("photo", False), ("sketch", False)]
     assert all(s["hidden"] and s["value"] == 0 for s in sliders[2:]) and len(sliders) == 8
     assert shown == "photo 0.3 · sketch 0.7"
-    assert saved == [server.names["slider"], 1, 0.5, 0.5, 0, 0, 0, 0, 0, 0]
-    assert set(sent) == {"model", "file", "strength", *(f"w{i}" for i in range(1, 9))}
+    assert saved == [server.names["slider"], 1, 0.5, 0.5, 0, 0, 0, 0, 0, 0, 1, "uniform"]
+    assert set(sent) == {"model", "file", "strength", *(f"w{i}" for i in range(1, 9)), "preference_guidance",
+                         "guidance_from"}
     assert not any(name.startswith("simplex") for name in widget_names), "2 rewards: no triangle"
 
 

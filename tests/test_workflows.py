@@ -44,7 +44,7 @@ def _widget_names(node_type: str) -> list[str]:
 def test_there_is_a_sliders_and_a_sweep_workflow_for_each_backbone_each_with_an_api_twin():
     names = {p.stem for p in UI_FILES}
     assert names == {f"{base}_{variant}" for base in ("sd35_t2i", "flux_kontext_edit", "ltx2_t2v")
-                     for variant in ("sliders", "sweep")}
+                     for variant in ("sliders", "sweep")} | {"sd35_t2i_guidance", "sd35_t2i_regional"}
     assert {p.stem for p in (WORKFLOWS / "api").glob("*.json")} == names
 
 
@@ -78,8 +78,10 @@ def test_pack_nodes_widget_values_match_their_inputs_positionally(path):
         kind, options = _inputs(node["type"])[name]
         if kind in ("FLOAT", "INT"):
             assert options["min"] <= value <= options["max"], (name, value)
-        else:
+        elif name == "file":
             assert kind == "COMBO" and value.endswith(".safetensors")
+        else:
+            assert kind == "COMBO" and value in options["options"], (name, value)
     assert node["properties"]["cnr_id"] == PROJECT["Name"] and node["properties"]["ver"] == PROJECT["Version"]
     assert ("sweep" in path.stem) == (node["type"] == "ParetoSliderSweep")
 

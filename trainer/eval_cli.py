@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from .controls import guidance_options
 from .sample_cli import CONTEXT, sampling_options
 
 
@@ -45,6 +46,7 @@ from .sample_cli import CONTEXT, sampling_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (reused to resume).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @sampling_options
+@guidance_options
 def main(**options: Any) -> None:
     """Evaluate ParetoSliders against fixed-weights baselines and the base model: scores, fronts, hypervolume."""
     from .evaluate import evaluate

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from pslider_core.backbones import BackboneAdapter
+from pslider_core.controls import describe_controls
 from pslider_core.evaluation import (
     MethodMeans,
     ScoreRow,
@@ -41,6 +42,7 @@ from pslider_core.generation import (
 from pslider_core.rewards import Reward, RewardBatch, get_reward, parse_reward_list
 from pslider_core.soup import SOUP, LoraSoup, SoupInfo
 
+from .controls import eval_controls, guided_methods
 from .data import InputError, PromptItem, _check_reward_fits, load_sources, read_prompts
 from .sampling import (
     Settings,
@@ -95,6 +97,7 @@ class Plan:
     judges: list[Reward]
     seeds: list[int]
     settings: Settings
+    controls: tuple = ()  # preference guidance of the ParetoSliders (trainer/controls.py)
 
     @property
     def scorers(self) -> list[Reward]:
@@ -278,6 +281,7 @@ def run_jobs(plan: Plan, jobs: list[Job], table: ScoreTable, out: Path, base: st
                     slider=slider, weights=[job.weights for job in batch] if method.kind == PARETO_SLIDER else None,
                     lora_scales=None if soup is None else soup.scales(batch[0].weights),
                     sources=sources, **settings.as_kwargs(),
+                    controls=plan.controls if method.kind == PARETO_SLIDER else (),
                 )
             except ValueError as err:  # a setting the model cannot draw, e.g. a size the toy base does not know
                 raise click.ClickException(str(err)) from None
@@ -420,8 +424,9 @@ def evaluate(checkpoints: tuple[str, ...], soups: tuple[str, ...], include_base:
         raise click.UsageError(f"--prompts: {err}") from None
     plan = Plan(
         adapter, plan_methods(infos, soup_infos, include_base, grid), items, prompt_labels(items), train, held_out,
-        parse_seeds(seeds), resolve_settings(adapter, next(iter(files), None), given),
+        parse_seeds(seeds), resolve_settings(adapter, next(iter(files), None), given), eval_controls(given, infos),
     )
+    plan = replace(plan, methods=guided_methods(plan.methods, plan.controls))
     reference = parse_reference(ref, train)
     weight_index = judge_weight_index(judge_components, held_out, len(train))
 
@@ -450,6 +455,6 @@ def evaluate(checkpoints: tuple[str, ...], soups: tuple[str, ...], include_base:
         "backbone": backbone, "base": base,
         "checkpoints": {info.path.stem: str(info.path) for info in infos},
         "soups": {soup.name: [str(info.path) for info in soup.files] for soup in soup_infos}, "prompts": len(items),
-        "seeds": plan.seeds, "grid": grid_size, **plan.settings.as_kwargs(),
+        "seeds": plan.seeds, "grid": grid_size, **plan.settings.as_kwargs(), **describe_controls(plan.controls),
     }
     report(plan, table, out_dir, ext, reference, weight_index, run_info)

@@ -19,6 +19,8 @@ import click
 from pslider_core.formats import VIDEO_FORMATS
 from pslider_core.objectives.config import ODE_SOLVERS
 
+from .controls import guidance_options, region_options
+
 DTYPES = ("float32", "float16", "bfloat16")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -83,6 +85,8 @@ def sampling_options(command: Callable) -> Callable:
               help="Noise seed; repeat for several.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @sampling_options
+@guidance_options
+@region_options
 def main(**options: Any) -> None:
     """Sample a ParetoSlider at chosen trade-offs between its rewards; prints the files written."""
     from .sampling import sample

@@ -19,6 +19,7 @@ import transformers
 
 from pslider_core import ParetoSlider, ParetoSliderFileError, get_backbone
 from pslider_core.backbones import BackboneAdapter
+from pslider_core.controls import describe_controls
 from pslider_core.evaluation import weight_grid
 from pslider_core.generation import (
     FIXED_WEIGHTS,
@@ -35,6 +36,7 @@ from pslider_core.samplers import ODE_SOLVERS
 from pslider_core.soup import SOUP, LoraSoup, SoupInfo, describe_soup
 
 from .config import TrainConfig
+from .controls import control_tag, control_weights, sample_controls
 from .data import PromptItem, load_sources
 
 
@@ -202,6 +204,7 @@ def sample(checkpoint: str | None, soup: str | None, prompt: str, source: str | 
     info = checkpoint_info(checkpoint, backbone) if checkpoint is not None else None
     mix = soup_info(soup, backbone) if soup is not None else None
     files = [info] if info is not None else list(mix.files)
+    weights_list = control_weights(given, weights_list, sweep)
     points = preference_points(info, weights_list, sweep) if info is not None else soup_points(mix, weights_list, sweep)
     if not prompt.strip():
         raise click.UsageError("--prompt is empty; pass the text to render.")
@@ -209,6 +212,7 @@ def sample(checkpoint: str | None, soup: str | None, prompt: str, source: str | 
         raise click.UsageError(f"--seed must be >= 0, got {list(seeds)}.")
     items = source_items(adapter, prompt, source)
     settings = resolve_settings(adapter, files[0], given)
+    controls = sample_controls(given, adapter, info, settings.height, settings.width)
     base = resolve_base(base, files, adapter)
 
     pipe = load_base(adapter, base, device, dtype)
@@ -227,7 +231,8 @@ def sample(checkpoint: str | None, soup: str | None, prompt: str, source: str | 
     if info is not None:
         slider = load_slider(info, pipe)
         kind, reward_names, origin = info.kind, info.reward_names, {"checkpoint": str(info.path)}
-        samples = draw(jobs, slider=slider, weights=None if info.kind == FIXED_WEIGHTS else [w for w, _ in jobs])
+        samples = draw(jobs, slider=slider, weights=None if info.kind == FIXED_WEIGHTS else [w for w, _ in jobs],
+                       controls=controls)
     else:  # one set of LoRA strengths per model call
         lora_soup = load_soup(mix, pipe)
         kind, reward_names, origin = SOUP, mix.reward_names, {"soup": [str(f.path) for f in mix.files]}
@@ -238,8 +243,9 @@ def sample(checkpoint: str | None, soup: str | None, prompt: str, source: str | 
             "prompt": prompt, "seed": seed, "weights": None if tag_weights is None else list(tag_weights),
             "reward_names": list(reward_names), "kind": kind, **origin,
             "backbone": backbone, "base": base, "source": source, **settings.as_kwargs(),
+            **describe_controls(controls),
         }
-        stem = sample_name(tag_weights, seed, slug(prompt))
+        stem = sample_name(tag_weights, seed, "_".join(filter(None, [slug(prompt), control_tag(controls)])))
         path = save_sample(sample, out, stem, metadata, video_format, adapter.frame_rate)
         click.echo(str(path))
 

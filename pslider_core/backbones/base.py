@@ -99,6 +99,26 @@ class BackboneAdapter:
         """Tokens of this transformer call that the block path may change (None = all of them)."""
         return None
 
+    def state_mask(self, pipe: Any, mask: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
+        """A pixel mask (B_m, height, width) in [0, 1] laid out like this backbone's state, for regional weights
+        (`pslider_core.controls`): broadcastable to states (B, ...) with B_m = 1 or B.
+
+        Default, for image latents (B, C, h, w) (sd3, toy, fluxkontext, whose state is the unpacked target latent):
+        (B_m, 1, h, w), each latent cell the fraction of its pixels inside (area average).
+        """
+        from ..controls import resize_mask
+
+        shape = self.initial_noise(pipe, 1, height, width, torch.Generator().manual_seed(0), num_frames).shape
+        if len(shape) != 4:
+            raise NotImplementedError(f"The {self.name} adapter does not lay out masks for states of shape {shape}.")
+        return resize_mask(mask, shape[2], shape[3])[:, None].to(weight_device(pipe.transformer))
+
+    def frame_mask(self, pipe: Any, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
+        """Per-frame weights' coefficient in the state layout: 0 at the first frame, 1 at the last (video only)."""
+        raise ValueError(
+            f"Per-frame weights need a video backbone; {self.name} makes images (use regional weights for space)."
+        )
+
     def condition(
         self, transformer: nn.Module, modules: PreferenceModules, w: torch.Tensor
     ) -> AbstractContextManager[None]:

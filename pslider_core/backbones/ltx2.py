@@ -100,6 +100,33 @@ class LTX2Adapter(BackboneAdapter):
     def check_sample_size(self, pipe: Any, height: int, width: int, num_frames: int = 1) -> None:
         self.layout(pipe, height, width, num_frames)
 
+    def state_mask(self, pipe: Any, mask: torch.Tensor, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
+        """(B_m, tokens, 1): every latent frame's video tokens get the mask area-averaged onto the token grid (the
+        same region in every frame); audio tokens get 0, i.e. the outside weights (a picture region has no sound;
+        the preference does not condition audio directly anyway)."""
+        from ..controls import resize_mask
+
+        layout = self.layout(pipe, height, width, num_frames)
+        p, pt = pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size
+        grid = resize_mask(mask, layout.latent_height // p, layout.latent_width // p)
+        video = grid[:, None].expand(-1, layout.latent_frames // pt, -1, -1).reshape(grid.shape[0], -1)
+        audio = torch.zeros(grid.shape[0], layout.audio_frames)
+        return torch.cat([video, audio], dim=1)[..., None].to(weight_device(pipe.transformer))
+
+    def frame_mask(self, pipe: Any, height: int, width: int, num_frames: int = 1) -> torch.Tensor:
+        """(1, tokens, 1): latent frame f of F gets f / (F - 1) on all its video tokens (pixel frames take their
+        latent frame's value: frame 0 alone, then each group of the VAE's temporal compression); audio tokens, in
+        time order too, get their position j / (A - 1) so the sound's clock runs with the picture's."""
+        from ..controls import frame_ramp
+
+        layout = self.layout(pipe, height, width, num_frames)
+        pt = pipe.transformer_temporal_patch_size
+        frames = layout.latent_frames // pt
+        video = frame_ramp(frames).repeat_interleave(layout.video_tokens // frames)
+        audio = torch.linspace(0.0, 1.0, layout.audio_frames) if layout.audio_frames > 1 else torch.zeros(
+            layout.audio_frames)
+        return torch.cat([video, audio])[None, :, None].to(weight_device(pipe.transformer))
+
     @staticmethod
     def layout_of(cond: Conditioning) -> LTX2Layout:
         """The layout `encode_prompts` put in a conditioning batch."""

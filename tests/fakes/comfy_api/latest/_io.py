@@ -2,7 +2,7 @@
 
 Covered: Schema (validate, finalize, get_v1_info), ComfyNode (GET_SCHEMA, INPUT_TYPES, GET_NODE_INFO_V1,
 RETURN_TYPES...), NodeOutput, NumberDisplay and the Model, Float, Int, Combo, String, Latent, Image, Conditioning,
-Clip, Vae types. Not covered: dynamic inputs, hidden inputs, async execution helpers.
+Clip, Vae, Mask types. Not covered: dynamic inputs, hidden inputs, async execution helpers.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ Image = _socket_type("IMAGE")
 Conditioning = _socket_type("CONDITIONING")
 Clip = _socket_type("CLIP")
 Vae = _socket_type("VAE")
+Mask = _socket_type("MASK")
 
 
 def Custom(io_type: str) -> type:
