@@ -285,8 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="Noise seeds per held-out prompt (5 prompts x 10 = 50 samples per w).")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--fixed-lr", type=float, default=1e-3,
-                        help="LoRA learning rate of the fixed-weights runs: tuned for them, as toy.toml's is for the "
-                             "slider (1e-3 is their best measured; the slider's collapses at it).")
+                        help="LoRA learning rate of the fixed-weights runs (1e-3, their best measured; toy.toml's "
+                             "slider trains at it too).")
     parser.add_argument("--preference-mixture", default=None,
                         help="The slider's w mixture, if not the config's (e.g. 'paper' for 3 rewards: it samples "
                              "the edges of the simplex, which toy.toml's 2-reward mixture leaves out).")

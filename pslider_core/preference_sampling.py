@@ -89,6 +89,16 @@ class PreferenceMixture:
         return ",".join(f"{f.name}={float(getattr(self, f.name)):g}" for f in fields(self))
 
 
+CORNERS = PreferenceMixture(corners=1.0, edges=0.0, interior=0.0)
+
+
+def epoch_mixture(mixture: PreferenceMixture, epoch: int, epochs: int, corners_first: float) -> PreferenceMixture:
+    """The mixture of one (0-based) epoch under a corners-first curriculum: corners only for the first
+    round(corners_first x epochs) epochs. Measured on the toy world (docs/toy.md): the ends reach a fixed run's
+    reward sooner when they get all the early rollouts, and the interior, learned after, still follows w."""
+    return CORNERS if epoch < round(corners_first * epochs) else mixture
+
+
 def slot_seed(prompt_key: str, epoch: int, slot: int, seed: int) -> int:
     """Seed of one preference slot: sha256 of the tuple, so it is the same in every process and Python run.
 

@@ -13,6 +13,7 @@ import torch
 from pslider_core.preference import is_on_simplex
 from pslider_core.preference_sampling import (
     PreferenceMixture,
+    epoch_mixture,
     preference_slots,
     sample_preference,
     slot_seed,
@@ -148,6 +149,16 @@ def test_preference_slots_deterministic_and_distinct():
     assert not torch.equal(preference_slots(prompts, 0, 3, 2, 8, mixture), slots)
     with pytest.raises(ValueError, match="num_slots"):
         preference_slots(prompts, 0, 0, 2, 7, mixture)
+
+
+def test_corners_first_curriculum_draws_only_corners_early():
+    mixture = PreferenceMixture(corners=0.0, edges=0.0, interior=1.0)
+    prompts = [f"prompt {i}" for i in range(6)]
+    for epoch in range(10):
+        slots = preference_slots(prompts, epoch, 2, 3, 0, epoch_mixture(mixture, epoch, 10, 0.4)).reshape(-1, 3)
+        one_hot = (slots.max(dim=1).values == 1.0).all().item()
+        assert one_hot == (epoch < 4), epoch  # round(0.4 x 10) = 4 corner epochs, then the interior mixture
+    assert epoch_mixture(mixture, 0, 10, 0.0) is mixture
 
 
 def test_w_bucket_labels():

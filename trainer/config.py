@@ -91,6 +91,9 @@ class TrainConfig:
     preference_mixture: str = _opt("paper", "How training preferences are drawn: 'paper' or e.g. "
                                             "'corners=0.1,edges=0,interior=0.9,alpha=1' (unused by --fixed-weights, "
                                             "so one config serves both).", group="method")
+    corners_first: float = _opt(0.0, "Curriculum: the first share (0-1) of the epochs draws only corner preferences "
+                                     "(w = one reward), then --preference-mixture; the ends learn first.",
+                                group="method")
     conditioning_mode: str = _opt("global+block", "Preference paths: 'global' (adaLN vector only) or "
                                                   "'global+block' (also the shared block vector).",
                                   choices=CONDITIONING_MODES, group="method")
@@ -249,6 +252,11 @@ class TrainConfig:
         from pslider_core.preference_sampling import PreferenceMixture  # numpy and torch: not for --help
 
         PreferenceMixture.parse(self.preference_mixture, num_rewards=2)  # syntax check; M known later
+        if not (math.isfinite(self.corners_first) and 0.0 <= self.corners_first < 1.0):
+            raise ValueError(
+                f"--corners-first is the share of epochs with corner preferences only, from 0 (off) to below 1, got "
+                f"{self.corners_first}; e.g. --corners-first 0.5."
+            )
         if self.fixed_weights:
             bad = [x for x in self.fixed_weights if not (math.isfinite(x) and x >= 0)]
             if bad or sum(self.fixed_weights) <= 0:

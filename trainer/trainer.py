@@ -63,7 +63,7 @@ from pslider_core.objectives import (
     nft_reward_weight,
     update_old_policy_,
 )
-from pslider_core.preference_sampling import preference_slots
+from pslider_core.preference_sampling import epoch_mixture, preference_slots
 from pslider_core.rewards import NonFiniteScoreError, Reward, RewardBatch
 from pslider_core.samplers import (
     VelocityFn,
@@ -440,7 +440,7 @@ class ParetoSliderTrainer:
         else:
             slots = preference_slots(
                 [item.key for item in items], epoch, config.slots_per_prompt, self.inputs.spec.num_rewards,
-                config.seed, self.inputs.mixture,
+                config.seed, epoch_mixture(self.inputs.mixture, epoch, config.epochs, config.corners_first),
             )
             slot_of = (torch.arange(k) // (k // config.slots_per_prompt)).repeat(num_prompts)
             w = slots[prompt_of, slot_of]
