@@ -539,26 +539,32 @@ def page(chromium, server):
             browser.close()
 
 
-def test_frontend_names_the_sliders_after_the_chosen_files_rewards(page, server):
-    """Load a shared workflow, choose a file, read the sliders."""
-    workflow = json.loads((REPO_ROOT / "workflows" / "sd35_t2i_sliders.json").read_text())
-    page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)
+def _choose_file(page, workflow: str, node_type: str, file: str, widget: str, label: str) -> None:
+    """Load a shared workflow, pick `file` in its `node_type` node, wait until `widget` is relabelled `label`."""
+    graph = json.loads((REPO_ROOT / "workflows" / workflow).read_text())
+    page.evaluate("async (w) => { await window.app.loadGraphData(w); }", graph)
     page.evaluate(
-        """(file) => {
-            const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
+        """([type, file]) => {
+            const node = window.app.graph._nodes.find((n) => n.type === type);
             const widget = node.widgets.find((w) => w.name === "file");
             widget.value = file;
             widget.callback(file);
         }""",
-        server.names["slider"],
+        [node_type, file],
     )
     page.wait_for_function(
-        """() => {
-            const node = window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply");
-            return node.widgets.find((w) => w.name === "w1").label === "photo";
+        """([type, name, label]) => {
+            const node = window.app.graph._nodes.find((n) => n.type === type);
+            return node.widgets.find((w) => w.name === name).label === label;
         }""",
+        arg=[node_type, widget, label],
         timeout=30_000,
     )
+
+
+def test_frontend_names_the_sliders_after_the_chosen_files_rewards(page, server):
+    """Load a shared workflow, choose a file, read the sliders."""
+    _choose_file(page, "sd35_t2i_sliders.json", "ParetoSliderApply", server.names["slider"], "w1", "photo")
     sliders = page.evaluate(
         """() => window.app.graph._nodes.find((n) => n.type === "ParetoSliderApply").widgets
             .filter((w) => /^w\\d$/.test(w.name))
@@ -582,6 +588,21 @@ def test_frontend_names_the_sliders_after_the_chosen_files_rewards(page, server)
     assert set(sent) == {"model", "file", "strength", *(f"w{i}" for i in range(1, 9)), "preference_guidance",
                          "guidance_from"}
     assert not any(name.startswith("simplex") for name in widget_names), "2 rewards: no triangle"
+
+
+def test_frontend_names_the_regional_nodes_inside_and_outside_sliders(page, server):
+    """The shared regional workflow: both slider groups carry the reward names, the unused ones hide."""
+    _choose_file(page, "sd35_t2i_regional.json", "ParetoSliderRegional", server.names["slider"], "outside_w2",
+                 "outside: sketch")
+    sliders = page.evaluate(
+        """() => window.app.graph._nodes.find((n) => n.type === "ParetoSliderRegional").widgets
+            .filter((w) => /^(inside|outside)_w\\d$/.test(w.name))
+            .map((w) => ({name: w.name, label: w.label, hidden: !!w.hidden}))"""
+    )
+    shown = {s["name"]: s["label"] for s in sliders if not s["hidden"]}
+    assert shown == {"inside_w1": "inside: photo", "inside_w2": "inside: sketch", "outside_w1": "outside: photo",
+                     "outside_w2": "outside: sketch"}
+    assert len(sliders) == 16
 
 
 SIMPLEX_MODULE = f"/extensions/{PACK_FOLDER}/js/simplex.js"

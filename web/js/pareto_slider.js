@@ -6,8 +6,8 @@ import { api } from "../../../scripts/api.js";
 import { syncSimplex } from "./simplex.js";
 
 const EXTENSION = "ParetoSlider.RewardSliders";
-const NODE_IDS = new Set(["ParetoSliderApply", "ParetoSliderSweep", "ParetoSliderSchedule"]);
-const SLIDER = /^(?:(start|end)_)?w(\d+)$/;
+const NODE_IDS = new Set(["ParetoSliderApply", "ParetoSliderSweep", "ParetoSliderSchedule", "ParetoSliderRegional"]);
+const SLIDER = /^(?:(start|end|inside|outside)_)?w(\d+)$/;
 const ROUTE = "/pareto_slider/rewards";
 
 async function rewardNames(file) {
