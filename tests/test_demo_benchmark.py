@@ -102,3 +102,27 @@ def test_benchmark_pipeline_end_to_end(tmp_path: Path, pareto_toy) -> None:
                   "worst Spearman", "valid-rate gap"):
         assert re.search(rf"^- [^\n]*{re.escape(label)}[^\n]*: (met|MISSED by \d)", text, re.M), label
     assert _is_png(front) and "Command: `python benchmarks/pareto_toy.py" in text
+
+
+def test_controls_benchmark_end_to_end(tmp_path: Path, pareto_toy) -> None:
+    """benchmarks/controls_toy.py in seconds: every table row, timings, the pictures."""
+    spec = importlib.util.spec_from_file_location("controls_toy", ROOT / "benchmarks" / "controls_toy.py")
+    controls_toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(controls_toy)
+    config = tmp_path / "tiny.toml"
+    config.write_text(to_toml(resolve_config(read_toml(pareto_toy.CONFIG), dict(TINY, progress=False))))
+    results = tmp_path / "controls.md"
+    run = controls_toy.main(["--steps", "1", "--seeds", "0", "--eval-seeds", "1", "--config", str(config),
+                             "--out", str(tmp_path / "bench"), "--results", str(results),
+                             "--pictures", str(tmp_path / "pictures")])
+    seed = run["per_seed"][0]
+    assert len(seed["guidance"]) == 2 * (1 + 3 * 2)  # 2 ends x (s = 1, then 3 scales x 2 sources)
+    assert all(0 <= row["valid"] <= 1 and row["seconds"] > 0 for row in seed["guidance"].values())
+    assert {f"single {end}" for end in controls_toy.ENDS} <= set(seed["regional"])
+    assert len([key for key in seed["regional"] if key.startswith("in ")]) == 4
+    assert set(seed["blend"]) == {"velocity mix 0.5 of (0, 1) and (1, 0)", "w = (0.5, 0.5)"}
+    text = results.read_text()
+    assert "### Preference guidance" in text and "### Regional weights" in text and "### A blend" in text
+    assert text.count("\n| (0.0, 1.0) |") == 7 and "| fixed-weights (0, 1) run |" in text
+    assert _is_png(tmp_path / "pictures" / "controls_guidance.png")
+    assert _is_png(tmp_path / "pictures" / "controls_regional.png")
