@@ -259,8 +259,10 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_exact_resume_command(tiny_base
     output, root = tmp_path / "run one" / "run.safetensors", tmp_path / "run one" / "run.checkpoints"
     args = tiny_args("sd3", tiny_base("sd3"), write_prompts(tmp_path, "sd3"), output, "--epochs", "500",
                      "--checkpoint-every", "1", "--no-progress")
+    # a suite started in the background by a non-interactive shell inherits SIGINT ignored, and so would the child
     process = subprocess.Popen([str(Path(sys.executable).parent / "pslider-train"), *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not (root / "latest").is_file() and process.poll() is None and time.monotonic() < deadline:
