@@ -9,11 +9,13 @@ controls compute, where they act and what they cost, per backbone (docs/controls
   lambda_f = the projection of the frame onto the step from the (1, 0) render to the (0, 1) render (0: the first
   weights, 1: the last), its Spearman correlation with the frame's weight a_f and its mean |lambda_f - a_f|, and the
   per-frame brightness and saturation trends (Spearman with a_f, signed by the direction the end renders differ in).
+  Random modules barely move those rewards; `--ltx2-file` measures a tiny LTX-2 file trained on them instead.
 
 The models are random, so only relations between renders mean something here (the toy world, benchmarks/
 controls_toy.py, measures rewards). One CPU thread.
 
     python benchmarks/controls_tiny.py --results bench/controls_tiny.md
+    python benchmarks/controls_tiny.py --ltx2-file bench/ltx2/slider.safetensors --results bench/controls_tiny.md
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pslider_core.controls import (  # noqa: E402
     controlled_velocity,
 )
 from pslider_core.evaluation.controllability import spearman  # noqa: E402
+from pslider_core.file_format import load_pareto_slider  # noqa: E402
 from pslider_core.generation import generate  # noqa: E402
 from pslider_core.rewards import get_reward  # noqa: E402
 from pslider_core.rewards.base import RewardBatch  # noqa: E402
@@ -116,8 +119,16 @@ def guidance_row(name: str, repeats: int) -> dict:
     return row
 
 
-def per_frame(samples: int) -> dict:
-    adapter, pipe, slider = setup("ltx2")
+def trained(file: Path):
+    """A trained tiny LTX-2 file on the tiny base its training saved (recorded in the file)."""
+    adapter = get_backbone("ltx2")
+    base = load_pareto_slider(file, "ltx2").base_model
+    pipe = adapter.load_pipeline(base)
+    return adapter, pipe, ParetoSlider.from_file(file, pipe.transformer, "ltx2")
+
+
+def per_frame(samples: int, file: Path | None = None) -> dict:
+    adapter, pipe, slider = setup("ltx2") if file is None else trained(file)
     size = {"height": 32, "width": 32, "num_frames": 17}
     start, _ = run(adapter, pipe, slider, samples, size, [1.0, 0.0])
     end, _ = run(adapter, pipe, slider, samples, size, [0.0, 1.0])
@@ -150,11 +161,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="Timed repeats (the fastest counts).")
     parser.add_argument("--samples", type=int, default=8, help="LTX-2 videos for the per-frame measurement.")
+    parser.add_argument("--ltx2-file", type=Path, default=None,
+                        help="A tiny LTX-2 file trained on brightness,saturation for the per-frame measurement (random "
+                             "modules barely move those rewards); e.g. pslider-train --backbone ltx2 --preset tiny "
+                             "--rewards brightness,saturation --epochs 40.")
     parser.add_argument("--results", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = [guidance_row(name, args.repeats) for name in BACKBONES]
-    frames = per_frame(args.samples)
+    frames = per_frame(args.samples, args.ltx2_file)
     lines = ["| backbone | guidance error (rel.) | w vs w_from effect (rel.) | time s=2 / s=1 | same, with CFG 3 | "
              "left half: to inside / to outside render | right half: to inside / to outside render |",
              "|" + "---|" * 7]
@@ -162,8 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(f"| {r['backbone']} | {r['error']:.1e} | {r['effect']:.2f} | {r['ratio_cfg1']:.2f} | "
                      f"{r['ratio_cfg3']:.2f} | {r['left_to_inside']:.4f} / {r['left_to_outside']:.4f} | "
                      f"{r['right_to_inside']:.4f} / {r['right_to_outside']:.4f} |")
+    modules = f"trained file {args.ltx2_file.name}" if args.ltx2_file else "random modules"
     lines += ["", f"Per-frame weights, tiny LTX-2 ({frames['frames']} frames = {frames['latent_frames']} latent frames, "
-              f"{args.samples} videos, random modules):", "",
+              f"{args.samples} videos, {modules}):", "",
               "| pixel frame | " + " | ".join(str(t) for t in range(frames["frames"])) + " |",
               "|" + "---|" * (frames["frames"] + 1),
               "| weight a_f | " + " | ".join(f"{v:.2f}" for v in frames["a"]) + " |",

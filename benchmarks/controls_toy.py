@@ -55,6 +55,7 @@ ENDS = ((1.0, 0.0), (0.0, 1.0))
 STEPS, SIZE = 8, 32  # toy.toml's sampler and the toy base's size
 EDGE = SIZE // 2  # the half masks' edge: columns < EDGE inside
 TARGETS = {"valid_gap": 0.10}
+FIXED = "fixed_0.00-1.00"  # benchmarks/pareto_toy.py's name of the (0, 1) run, so --reuse takes its folders
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -125,7 +126,7 @@ def measure_seed(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"guidance": {}, "regional": {}, "blend": {}}
     base, _ = toy.draw(None, slider=None)
     out["base"] = scores(base, toy.prompts)
-    fixed = ParetoSlider.from_file(folder / "fixed_0-1.safetensors", toy.pipe.transformer, "toy", adapter_name="fixed")
+    fixed = ParetoSlider.from_file(folder / f"{FIXED}.safetensors", toy.pipe.transformer, "toy", adapter_name="fixed")
     images, _ = toy.draw(None, slider=fixed)  # weights None: its LoRA alone, no preference hooks
     out["fixed_0-1"] = scores(images, toy.prompts)
     toy.pipe.transformer.delete_adapters("fixed")
@@ -182,7 +183,7 @@ def ensure_runs(seed: int, args: argparse.Namespace, prompts: Path) -> tuple[Pat
     folder = Path(args.out) / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     walls = {}
-    for name, fixed, lr in (("slider", None, None), ("fixed_0-1", (0.0, 1.0), args.fixed_lr)):
+    for name, fixed, lr in (("slider", None, None), (FIXED, (0.0, 1.0), args.fixed_lr)):
         target = folder / f"{name}.safetensors"
         reused = Path(args.reuse) / f"seed{seed}" / f"{name}.safetensors" if args.reuse else None
         if target.is_file():
@@ -295,7 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ramp", type=int, default=8, help="Width in px of the soft mask's edge.")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--fixed-lr", type=float, default=1e-3)
-    parser.add_argument("--reuse", default=None, help="A folder with seed*/slider.safetensors, fixed_0-1.safetensors.")
+    parser.add_argument("--reuse", default=None,
+                        help="A 2-reward pareto_toy.py --out folder (seed*/slider.safetensors, "
+                             "seed*/fixed_0.00-1.00.safetensors): its runs instead of training new ones.")
     parser.add_argument("--out", default="bench/controls")
     parser.add_argument("--results", default=None, help="Write the markdown tables here.")
     parser.add_argument("--pictures", default=None, help="Write controls_guidance.png / controls_regional.png here.")
