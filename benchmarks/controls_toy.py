@@ -128,7 +128,7 @@ def measure_seed(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     out["base"] = scores(base, toy.prompts)
     fixed = ParetoSlider.from_file(folder / f"{FIXED}.safetensors", toy.pipe.transformer, "toy", adapter_name="fixed")
     images, _ = toy.draw(None, slider=fixed)  # weights None: its LoRA alone, no preference hooks
-    out["fixed_0-1"] = scores(images, toy.prompts)
+    out[FIXED] = scores(images, toy.prompts)
     toy.pipe.transformer.delete_adapters("fixed")
     pictures: dict[str, torch.Tensor] = {}
     for end in ENDS:
@@ -225,11 +225,11 @@ def guidance_table(per_seed: list[dict]) -> tuple[str, dict[str, Any]]:
                 ok = abs(valid - base_valid) <= TARGETS["valid_gap"]
                 if ok and value > best.get(reward, (None, -1.0))[1]:
                     best[reward] = (key, value, valid)
-    fixed = statistics.fmean(s["fixed_0-1"]["toy_sketch"] for s in per_seed)
-    lines.append(f"| fixed-weights (0, 1) run | - | - | {_stat([s['fixed_0-1']['toy_color'] for s in per_seed])} | "
-                 f"{_stat([s['fixed_0-1']['toy_sketch'] for s in per_seed])} | "
-                 f"{_stat([s['fixed_0-1']['valid'] for s in per_seed], 2)} | "
-                 f"{statistics.fmean(s['fixed_0-1']['valid'] for s in per_seed) - base_valid:+.2f} | - |")
+    fixed = statistics.fmean(s[FIXED]["toy_sketch"] for s in per_seed)
+    lines.append(f"| fixed-weights (0, 1) run | - | - | {_stat([s[FIXED]['toy_color'] for s in per_seed])} | "
+                 f"{_stat([s[FIXED]['toy_sketch'] for s in per_seed])} | "
+                 f"{_stat([s[FIXED]['valid'] for s in per_seed], 2)} | "
+                 f"{statistics.fmean(s[FIXED]['valid'] for s in per_seed) - base_valid:+.2f} | - |")
     lines.append(f"| base model | - | - | {_stat([s['base']['toy_color'] for s in per_seed])} | "
                  f"{_stat([s['base']['toy_sketch'] for s in per_seed])} | {base_valid:.2f} | - | - |")
     return "\n".join(lines), {"base_valid": base_valid, "fixed_sketch": fixed, "best": best}

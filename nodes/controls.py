@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..pslider_core.conditioning import tile_to_batch
-from ..pslider_core.controls import check_guidance_scale, guidance_source, resize_mask
+from ..pslider_core.controls import check_guidance_scale, frame_ramp, guidance_source, resize_mask, time_ramp
 from ..pslider_core.preference import PreferenceSpec
 from .families import HookPoints
 from .files import LoadedSlider
@@ -100,12 +100,10 @@ def mask_coefficient(mask: torch.Tensor) -> Coefficient:
 def frame_coefficient(part: torch.Tensor, index: int, chunks: int) -> torch.Tensor:
     """0 at the first latent frame, 1 at the last: video (rows, C, F, H, W) along F; audio (rows, C, T, ...) along
     its time axis (dim 2), so the sound's clock runs with the picture's."""
-    from ..pslider_core.controls import frame_ramp
-
     if part.ndim < 4:
         raise ValueError(f"Per-frame weights need video latents; the model returned a {part.ndim}-D output.")
     length = part.shape[2]
-    ramp = frame_ramp(length) if index == 0 else torch.linspace(0.0, 1.0, length) if length > 1 else torch.zeros(1)
+    ramp = frame_ramp(length) if index == 0 else time_ramp(length)
     return ramp.to(part.device, part.dtype).view(1, 1, length, *([1] * (part.ndim - 3)))
 
 

@@ -143,6 +143,11 @@ def resize_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return out[:, 0].clamp(0, 1)
 
 
+def time_ramp(length: int) -> torch.Tensor:
+    """(length,) from 0 at the first step to 1 at the last (zeros for a single step): a position along time."""
+    return torch.linspace(0.0, 1.0, length) if length > 1 else torch.zeros(length)
+
+
 def frame_ramp(frames: int) -> torch.Tensor:
     """(frames,) from 0 at the first frame to 1 at the last: how far each frame is from the start weights."""
     if frames < 2:
@@ -150,7 +155,7 @@ def frame_ramp(frames: int) -> torch.Tensor:
             f"Per-frame weights need at least 2 latent frames, got {frames}: render more frames (LTX-2: num_frames "
             ">= 1 + the VAE's temporal compression, e.g. 9)."
         )
-    return torch.linspace(0.0, 1.0, frames)
+    return time_ramp(frames)
 
 
 # ---------------------------------------------------------------------------------------------------- terms
@@ -385,5 +390,5 @@ __all__ = [
     "GUIDANCE_MAX", "GUIDANCE_SOURCES", "ConditionedVelocity", "ControlContext", "FrameWeights", "PreferenceControl",
     "PreferenceGuidance", "RegionalWeights", "Term", "check_controls", "check_guidance_scale", "check_mask",
     "combined_velocity", "conditioned_velocity", "control_terms", "controlled_velocity", "describe_controls",
-    "frame_ramp", "guidance_source", "resize_mask",
+    "frame_ramp", "guidance_source", "resize_mask", "time_ramp",
 ]

@@ -9,6 +9,7 @@ from torch import nn
 
 from .module_config import PreferenceModuleConfig
 
+
 def _zero_last(layer: nn.Linear) -> nn.Linear:
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)

@@ -16,6 +16,7 @@ import torch
 from .objectives.config import ODE_SOLVERS, SDE_KINDS
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""v = velocity_fn(x, sigma): x (B, ...), sigma (B,) -> v, same shape as x."""
 
 
 def guided_velocity(cond: VelocityFn, uncond: VelocityFn | None, scale: float) -> VelocityFn:
@@ -28,8 +29,6 @@ def guided_velocity(cond: VelocityFn, uncond: VelocityFn | None, scale: float) -
         return v_uncond + scale * (cond(x, sigma) - v_uncond)
 
     return velocity
-"""v = velocity_fn(x, sigma): x (B, ...), sigma (B,) -> v, same shape as x."""
-
 
 
 def _check_sigmas(sigmas: torch.Tensor) -> list[float]:

@@ -4,7 +4,6 @@ versions, on the shipped toy base."""
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import re
 import subprocess

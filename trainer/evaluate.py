@@ -40,7 +40,7 @@ from pslider_core.generation import (
     save_sample,
 )
 from pslider_core.rewards import Reward, RewardBatch, get_reward, parse_reward_list
-from pslider_core.soup import SOUP, LoraSoup, SoupInfo
+from pslider_core.soup import SOUP, SoupInfo
 
 from .controls import eval_controls, guided_methods
 from .data import InputError, PromptItem, _check_reward_fits, load_sources, read_prompts

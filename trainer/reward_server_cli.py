@@ -6,10 +6,10 @@ import logging
 
 import click
 
+from pslider_core.formats import TORCH_DTYPES
 from pslider_core.rewards.limits import LOOPBACK_HOSTS, MAX_BODY_BYTES, MAX_CONCURRENT, READ_TIMEOUT
 
 # torch and the rewards are imported once the options are parsed: --help and option errors answer at once
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,7 +33,7 @@ DTYPES = ("float32", "float16", "bfloat16")
     default=None,
     help="Torch device for the reward models, e.g. cuda:1 (default: cuda if available, else cpu).",
 )
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="Model dtype.")
+@click.option("--dtype", type=click.Choice(TORCH_DTYPES), default="float32", show_default=True, help="Model dtype.")
 @click.option(
     "--preload/--no-preload",
     default=True,

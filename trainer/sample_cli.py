@@ -16,12 +16,11 @@ from typing import Any
 
 import click
 
-from pslider_core.formats import VIDEO_FORMATS
+from pslider_core.formats import TORCH_DTYPES, VIDEO_FORMATS
 from pslider_core.objectives.config import ODE_SOLVERS
 
 from .controls import guidance_options, region_options
 
-DTYPES = ("float32", "float16", "bfloat16")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
@@ -55,7 +54,7 @@ def sampling_options(command: Callable) -> Callable:
                      help="Classifier-free guidance against the empty prompt, 1 = off [default: as trained, else 1]."),
         click.option("--batch-size", type=int, default=4, show_default=True, help="Samples per model call."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--dtype", type=click.Choice(["auto", *DTYPES]), default="auto", show_default=True,
+        click.option("--dtype", type=click.Choice(["auto", *TORCH_DTYPES]), default="auto", show_default=True,
                      help="Weights dtype of the base model; auto = bfloat16 on GPU, float32 on CPU."),
         click.option("--video-format", type=click.Choice(VIDEO_FORMATS), default="mp4", show_default=True,
                      help="File format of videos (video backbones)."),

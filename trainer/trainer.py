@@ -54,6 +54,7 @@ from pslider_core.backbones import Conditioning, select_conditioning
 from pslider_core.ema import EMA
 from pslider_core.file_format import save_pareto_slider
 from pslider_core.lora import full_tensor
+from pslider_core.memory import WEIGHT_DTYPES
 from pslider_core.objectives import (
     GRPOConfig,
     NFTConfig,
@@ -97,7 +98,6 @@ from .prompt_cache import PromptCache
 
 logger = logging.getLogger("pslider.train")
 
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TrainingAborted(RuntimeError):
@@ -548,10 +548,8 @@ class ParetoSliderTrainer:
         batch = RewardBatch(
             images=chunk.samples, prompts=chunk.prompts, sources=chunk.sources, audio=audio, audio_sample_rate=rate
         )
-        def models() -> list[torch.nn.Module]:
-            return [m for reward in self.rewards for m in reward.torch_modules()]
-
-        with self._resident(models, self.reward_device, self.config.offload_rewards):
+        with self._resident(lambda: [m for reward in self.rewards for m in reward.torch_modules()],
+                            self.reward_device, self.config.offload_rewards):
             return torch.stack([_score(reward, batch) for reward in self.rewards], dim=1)
 
     # ------------------------------------------------------------------ stage 3: advantages

@@ -70,8 +70,9 @@ class FluxKontextAdapter(BackboneAdapter):
     def target_token_mask(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """Target latents only: reference-image tokens carry first id coordinate 1 and must stay unchanged."""
         ids = kwargs.get("img_ids")
-        if ids is None and len(args) > _img_ids_position(self.transformer_class_path):
-            ids = args[_img_ids_position(self.transformer_class_path)]
+        position = _img_ids_position(self.transformer_class_path)
+        if ids is None and len(args) > position:
+            ids = args[position]
         if ids is None:
             return None
         ids = ids[0] if ids.ndim == 3 else ids  # legacy (B, N, 3) ids, as the transformer itself accepts

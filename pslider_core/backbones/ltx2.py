@@ -117,14 +117,13 @@ class LTX2Adapter(BackboneAdapter):
         """(1, tokens, 1): latent frame f of F gets f / (F - 1) on all its video tokens (pixel frames take their
         latent frame's value: frame 0 alone, then each group of the VAE's temporal compression); audio tokens, in
         time order too, get their position j / (A - 1) so the sound's clock runs with the picture's."""
-        from ..controls import frame_ramp
+        from ..controls import frame_ramp, time_ramp
 
         layout = self.layout(pipe, height, width, num_frames)
         pt = pipe.transformer_temporal_patch_size
         frames = layout.latent_frames // pt
         video = frame_ramp(frames).repeat_interleave(layout.video_tokens // frames)
-        audio = torch.linspace(0.0, 1.0, layout.audio_frames) if layout.audio_frames > 1 else torch.zeros(
-            layout.audio_frames)
+        audio = time_ramp(layout.audio_frames)
         return torch.cat([video, audio])[None, :, None].to(weight_device(pipe.transformer))
 
     @staticmethod

@@ -129,16 +129,22 @@ def tint_profile(images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor
     return t, torch.exp(-off / (2 * COLOR_TOLERANCE**2)), regions
 
 
+def _tint_score(
+    images: torch.Tensor, prompts: list[str], score: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """(N,) mean over the fill of score(t), off-line pixels counting less, times the gate."""
+    t, on_line, regions = tint_profile(images, prompts)
+    return _masked_mean(score(t) * on_line, regions.fill) * regions.gate
+
+
 def vivid_fill(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """(N,) mean over the fill of 1 - t^2 (a solid fill of the prompt's colour scores 1), times the gate."""
-    t, on_line, regions = tint_profile(images, prompts)
-    return _masked_mean((1 - t.square()) * on_line, regions.fill) * regions.gate
+    return _tint_score(images, prompts, lambda t: 1 - t.square())
 
 
 def pale_fill(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """(N,) mean over the fill of 1 - (1 - t)^2 (a white fill scores 1, a half tint 0.75), times the gate."""
-    t, on_line, regions = tint_profile(images, prompts)
-    return _masked_mean((1 - (1 - t).square()) * on_line, regions.fill) * regions.gate
+    return _tint_score(images, prompts, lambda t: 1 - (1 - t).square())
 
 
 def fit_shape(mask: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
