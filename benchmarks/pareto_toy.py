@@ -15,7 +15,9 @@ controllability (Spearman of each reward's mean with its own weight), valid imag
     python benchmarks/pareto_toy.py --rewards toy_color,toy_sketch,toy_size --grid 5 --preference-mixture paper \
         --out bench/three
 
-Everything runs on one CPU thread. `--results FILE` writes the RESULTS.md section for this run.
+Everything runs on one CPU thread. `--results FILE` writes the RESULTS.md section for this run. To measure another
+slider setting against the same baselines, `--fixed-from` an earlier `--out` folder reuses its fixed-weights runs
+(checked to match) and `--slider-config` gives the slider its own config.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from pslider_core.evaluation.grid import weight_grid  # noqa: E402
+from pslider_core.file_format import read_header  # noqa: E402
 from pslider_core.rewards.base import RewardBatch  # noqa: E402
 from pslider_core.toy.dataset import heldout_prompts, train_prompts  # noqa: E402
 from pslider_core.toy.judge import validity  # noqa: E402
@@ -51,6 +54,7 @@ SLIDER = "slider"
 SOUP = "soup"
 BASE = "base"
 UNION = "fixed (union of K)"
+WALLS = "walls.json"  # per seed folder: each run's training wall time in seconds, for --fixed-from
 
 
 def targets(num_rewards: int) -> dict[str, float]:
@@ -155,16 +159,19 @@ def run_seed(seed: int, args: argparse.Namespace, rewards: list[str], prompts: t
     spec = ",".join(rewards)
     walls: dict[str, float] = {}
     files = {SLIDER: folder / f"{SLIDER}.safetensors"}
-    walls[SLIDER] = train_run(files[SLIDER], prompts[0], spec, args.steps, seed, args.config, progress=args.progress,
-                              preference_mixture=args.preference_mixture)
     points = fixed_weight_points(len(rewards))
-    fixed_names = []
-    for w in points:
-        name = "fixed_" + "-".join(f"{x:.2f}" for x in w)
-        fixed_names.append(name)
-        files[name] = folder / f"{name}.safetensors"
-        walls[name] = train_run(files[name], prompts[0], spec, args.steps, seed, args.config, fixed=w,
-                                lr=args.fixed_lr, progress=args.progress)
+    fixed_names = ["fixed_" + "-".join(f"{x:.2f}" for x in w) for w in points]
+    files.update({name: folder / f"{name}.safetensors" for name in fixed_names})
+    if args.fixed_from:  # checked before anything trains
+        walls.update({name: reuse_fixed_run(args.fixed_from / f"seed{seed}", name, files[name], rewards, w, seed, args)
+                      for name, w in zip(fixed_names, points)})
+    walls[SLIDER] = train_run(files[SLIDER], prompts[0], spec, args.steps, seed, args.slider_config or args.config,
+                              progress=args.progress, preference_mixture=args.preference_mixture)
+    if not args.fixed_from:
+        for name, w in zip(fixed_names, points):
+            walls[name] = train_run(files[name], prompts[0], spec, args.steps, seed, args.config, fixed=w,
+                                    lr=args.fixed_lr, progress=args.progress)
+    (folder / WALLS).write_text(json.dumps(walls, indent=1))
     corners = corner_names(fixed_names, points)
     eval_args = [a for path in files.values() for a in ("--checkpoint", str(path))]
     eval_args += ["--soup", ",".join(str(files[name]) for name in corners)]
@@ -175,6 +182,22 @@ def run_seed(seed: int, args: argparse.Namespace, rewards: list[str], prompts: t
         eval_args.append("--no-progress")
     eval_main.main(eval_args, standalone_mode=False)
     return seed_metrics(folder / "eval", rewards, fixed_names, corners, walls, args.steps)
+
+
+def reuse_fixed_run(folder: Path, name: str, target: Path, rewards: list[str], w: tuple[float, ...], seed: int,
+                    args: argparse.Namespace) -> float:
+    """Copy an earlier benchmark's fixed-weights run (they do not depend on the slider's settings) after checking it
+    was trained as this one would be; returns its recorded training wall time."""
+    source = folder / target.name
+    training = read_header(source, "toy")["training"]
+    wanted = {"method": "fixed_weights", "fixed_weights": list(w), "rewards": rewards, "seed": seed,
+              "epochs": args.steps}
+    found = {key: training.get(key) for key in wanted}
+    if found != wanted or training["config"]["lr"] != args.fixed_lr:
+        raise SystemExit(f"{source} was trained with {found} at lr {training['config']['lr']:g}, not {wanted} at "
+                         f"lr {args.fixed_lr:g}; pass a --fixed-from folder of the same rewards, seeds and --steps.")
+    shutil.copy(source, target)
+    return json.loads((folder / WALLS).read_text())[name]
 
 
 def _stat(values: list[float | None]) -> str:
@@ -287,6 +310,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fixed-lr", type=float, default=1e-3,
                         help="LoRA learning rate of the fixed-weights runs (1e-3, their best measured; toy.toml's "
                              "slider trains at it too).")
+    parser.add_argument("--fixed-from", type=Path, default=None,
+                        help="Reuse the fixed-weights runs (files and wall times) of an earlier --out folder of the "
+                             "same rewards, seeds and --steps instead of training them again: they do not depend on "
+                             "the slider's settings.")
+    parser.add_argument("--slider-config", type=Path, default=None,
+                        help="The slider's own config file (default: --config), e.g. one that differs from it in "
+                             "one key; the fixed-weights runs keep --config.")
     parser.add_argument("--preference-mixture", default=None,
                         help="The slider's w mixture, if not the config's (e.g. 'paper' for 3 rewards: it samples "
                              "the edges of the simplex, which toy.toml's 2-reward mixture leaves out).")

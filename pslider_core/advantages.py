@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .objectives.config import ADVANTAGE_STDS
+
 
 class NonFiniteRewardError(ValueError):
     """A reward returned NaN or inf; the training loop catches this to skip the step instead of training on it."""
@@ -54,18 +56,25 @@ def _group_mean(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4, clip: float = 5.0
+    rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4, clip: float = 5.0, std: str = "group"
 ) -> torch.Tensor:
-    """Per (prompt, w) group and per reward: (r - group mean) / (group population std + eps), clipped to +-clip.
+    """Per (prompt, w) group and per reward: (r - group mean) / (std + eps), clipped to +-clip.
 
+    std "group" (the paper's): the group's own population std. "pooled": one std per reward, that of the
+    group-centred rewards over the whole batch. When two rewards follow one factor of the image (how pale a fill
+    is), each group's own std turns their advantages into mirror images, so w_1 A_1 + w_2 A_2 keeps only the sign
+    of w_1 - w_2 and loses the rewards' curvature; a pooled std keeps how steeply each reward moves in each group.
     Rewards are never summed here (late scalarization). A group of one sample, or of identical rewards, gets
     advantage 0: it holds no information about which sample is better.
     """
     _check_normalization(eps, clip)
+    if std not in ADVANTAGE_STDS:
+        raise ValueError(f"std must be one of {ADVANTAGE_STDS}, got {std!r}.")
     r = _check_rewards(rewards, group_ids, "group_ids")
     centered = r - _group_mean(r, group_ids)
-    std = _group_mean(centered.square(), group_ids).sqrt()
-    return (centered / (std + eps)).clamp(-clip, clip).float()
+    squares = centered.square()
+    scale = (_group_mean(squares, group_ids) if std == "group" else squares.mean(dim=0, keepdim=True)).sqrt()
+    return (centered / (scale + eps)).clamp(-clip, clip).float()
 
 
 def fixed_weight_advantages(

@@ -44,6 +44,31 @@ def test_group_advantages_match_loop_reference():
     torch.testing.assert_close(adv, reference_group_advantages(rewards.tolist(), groups.tolist()))
 
 
+def test_pooled_std_is_one_scale_per_reward_over_the_batch():
+    rewards, groups = random_batch(2)
+    adv = group_advantages(rewards, groups, eps=0.0, std="pooled")
+    centered = rewards - torch.stack([rewards[groups == g].mean(dim=0) for g in groups.tolist()])
+    pooled = [math.sqrt(sum(x * x for x in centered[:, m].tolist()) / len(rewards)) for m in range(3)]
+    torch.testing.assert_close(adv, (centered / torch.tensor(pooled, dtype=torch.float64)).clamp(-5, 5).float())
+    with pytest.raises(ValueError, match="std must be one of"):
+        group_advantages(rewards, groups, std="batch")
+
+
+def test_pooled_std_keeps_a_one_factor_trade_off_curved():
+    """vivid = 1 - t^2 and pale = 1 - (1 - t)^2 of one tint t: at w = (0.5, 0.5) the best tint is 0.5. With each
+    group's own std the two advantages mirror each other and their mean points nowhere; pooled, each group's
+    scalarized advantage rises towards t = 0.5 (the paler samples of a vivid group, the more vivid of a pale one)."""
+    t = torch.tensor([0.10, 0.15, 0.20, 0.25, 0.60, 0.65, 0.70, 0.75], dtype=torch.float64)
+    rewards, groups = torch.stack([1 - t**2, 1 - (1 - t) ** 2], dim=1), torch.tensor([0] * 4 + [1] * 4)
+    w, towards_half = torch.tensor([0.5, 0.5]), -(t - 0.5).abs().float()
+    own = group_advantages(rewards, groups) @ w
+    assert own.abs().max() < 0.1, own  # against 1-2 for single rewards: the mirror images cancel
+    pooled = group_advantages(rewards, groups, std="pooled") @ w
+    for g in (0, 1):
+        rho = torch.corrcoef(torch.stack([pooled[groups == g], towards_half[groups == g]]))[0, 1]
+        assert rho > 0.95, (g, pooled)
+
+
 def test_group_advantages_invariances():
     rewards, groups = random_batch(1)
     adv = group_advantages(rewards, groups, eps=0.0)

@@ -102,6 +102,22 @@ def test_benchmark_pipeline_end_to_end(tmp_path: Path, pareto_toy) -> None:
         assert re.search(rf"^- [^\n]*{re.escape(label)}[^\n]*: (met|MISSED by \d)", text, re.M), label
     assert _is_png(front) and "Command: `python benchmarks/pareto_toy.py" in text
 
+    # a second benchmark reuses those fixed-weights runs and trains only its slider, from its own config
+    slider_config = tmp_path / "slider.toml"
+    slider_config.write_text(to_toml(resolve_config(read_toml(config), {"advantage_std": "pooled"})))
+    again = ["--steps", "1", "--seeds", "0", "--eval-seeds", "1", "--grid", "3", "--config", str(config),
+             "--fixed-from", str(tmp_path / "bench"), "--out", str(tmp_path / "again")]
+    second = pareto_toy.main([*again, "--slider-config", str(slider_config)])
+    reused = second["per_seed"][0]
+    for name in fixed:
+        assert (tmp_path / "again" / "seed0" / f"{name}.safetensors").read_bytes() == (
+            tmp_path / "bench" / "seed0" / f"{name}.safetensors").read_bytes()
+        assert reused[name]["wall"] == seed[name]["wall"] and reused[name]["extent"] == seed[name]["extent"]
+    slider = load_pareto_slider(tmp_path / "again" / "seed0" / "slider.safetensors", "toy")
+    assert slider.training["config"]["advantage_std"] == "pooled"
+    with pytest.raises(SystemExit, match="pass a --fixed-from folder of the same rewards, seeds and --steps"):
+        pareto_toy.main([*again[:1], "2", *again[2:]])
+
 
 def test_controls_benchmark_end_to_end(tmp_path: Path, pareto_toy) -> None:
     """benchmarks/controls_toy.py in seconds: every table row, timings, the pictures."""

@@ -387,6 +387,37 @@ def test_training_moves_rewards_in_the_direction_of_w(tiny_base, tmp_path, monke
     assert bright[0] - bright[1] > 0.02, bright
 
 
+def test_modules_first_holds_the_lora_until_the_warm_up_ends(tiny_base, tmp_path):
+    """--modules-first 0.5 of 2 epochs: epoch 0 steps the preference modules only, epoch 1 the LoRA too; a
+    fixed-weights run (no modules) ignores it and trains its LoRA from the first epoch."""
+    base, prompts = tiny_base("sd3"), write_prompts(tmp_path, "sd3")
+
+    def trainer(**extra):
+        return ParetoSliderTrainer(resolve_config({}, {
+            "preset": "tiny", "base": str(base), "rewards": REWARDS, "prompts": str(prompts), "epochs": 2,
+            "output": str(tmp_path / "warm.safetensors"), "prompts_per_epoch": 1, "num_steps": 2,
+            "train_timesteps": 2, "lr": 1e-2, "checkpoint_every": 0, "modules_first": 0.5, **extra,
+        }))
+
+    def moved(run, params, before):
+        return [not torch.equal(p.detach(), b) for p, b in zip(params, before)]
+
+    run = trainer()
+    lora = [p.detach().clone() for p in run.policies.lora_parameters]
+    modules = [p.detach().clone() for p in run.policies.module_parameters]
+    run.train_epoch(0)
+    run.epoch = 1
+    assert not any(moved(run, run.policies.lora_parameters, lora))
+    assert any(moved(run, run.policies.module_parameters, modules))
+    run.train_epoch(1)
+    assert any(moved(run, run.policies.lora_parameters, lora))
+
+    fixed = trainer(fixed_weights="0.5,0.5")
+    lora = [p.detach().clone() for p in fixed.policies.lora_parameters]
+    fixed.train_epoch(0)
+    assert any(moved(fixed, fixed.policies.lora_parameters, lora))
+
+
 # ---------------------------------------------------------------------- several processes
 def _free_port() -> int:
     with socket.socket() as sock:

@@ -84,6 +84,8 @@ def test_unknown_toml_key_is_rejected_with_the_closest_name(tmp_path):
         ({"preference_mixture": "corners=0.5"}, "sum to 1"),
         ({"corners_first": 1.0}, "--corners-first is the share of epochs"),
         ({"corners_first": float("nan")}, "--corners-first is the share of epochs"),
+        ({"modules_first": 1.0}, "--modules-first is the share of epochs"),
+        ({"modules_first": -0.1}, "--modules-first is the share of epochs"),
         ({"mixed_precision": "fp16", "device": "cpu"}, "fp16 needs a GPU"),
         ({"sde_window": 40, "num_steps": 25}, "--sde-window"),
         ({"objective": "grpo", "guidance_scale": 4.5}, "--guidance-scale 1"),

@@ -21,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from pslider_core import available_backbones, get_backbone
 from pslider_core.module_config import CONDITIONING_MODES
-from pslider_core.objectives.config import ODE_SOLVERS, SDE_KINDS, GRPOConfig, NFTConfig
+from pslider_core.objectives.config import ADVANTAGE_STDS, ODE_SOLVERS, SDE_KINDS, GRPOConfig, NFTConfig
 
 OBJECTIVES = ("nft", "grpo")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -94,6 +94,13 @@ class TrainConfig:
     corners_first: float = _opt(0.0, "Curriculum: the first share (0-1) of the epochs draws only corner preferences "
                                      "(w = one reward), then --preference-mixture; the ends learn first.",
                                 group="method")
+    advantage_std: str = _opt("group", "Whose std scales each reward's advantages: 'group' (each (prompt, w) group's, "
+                                       "the paper's) or 'pooled' (the group-centred rewards' over the whole batch: "
+                                       "keeps the trade-off's curvature when both rewards follow one factor).",
+                              choices=ADVANTAGE_STDS, group="method")
+    modules_first: float = _opt(0.0, "Warm-up: for the first share (0-1) of the epochs only the preference modules "
+                                     "train and the LoRA waits, so w steers before the shared LoRA moves (unused by "
+                                     "--fixed-weights).", group="method")
     conditioning_mode: str = _opt("global+block", "Preference paths: 'global' (adaLN vector only) or "
                                                   "'global+block' (also the shared block vector).",
                                   choices=CONDITIONING_MODES, group="method")
@@ -256,6 +263,11 @@ class TrainConfig:
             raise ValueError(
                 f"--corners-first is the share of epochs with corner preferences only, from 0 (off) to below 1, got "
                 f"{self.corners_first}; e.g. --corners-first 0.5."
+            )
+        if not (math.isfinite(self.modules_first) and 0.0 <= self.modules_first < 1.0):
+            raise ValueError(
+                f"--modules-first is the share of epochs in which only the preference modules train, from 0 (off) to "
+                f"below 1, got {self.modules_first}; e.g. --modules-first 0.125."
             )
         if self.fixed_weights:
             bad = [x for x in self.fixed_weights if not (math.isfinite(x) and x >= 0)]

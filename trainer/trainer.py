@@ -563,7 +563,7 @@ class ParetoSliderTrainer:
                     signed, torch.tensor(config.fixed_weights), plan.prompt_of, config.adv_eps, config.adv_clip
                 )
                 return adv[:, None]
-            return group_advantages(signed, plan.group_of, config.adv_eps, config.adv_clip)
+            return group_advantages(signed, plan.group_of, config.adv_eps, config.adv_clip, config.advantage_std)
         except NonFiniteRewardError as err:
             self._bad_step(f"epoch {plan.epoch + 1}: {err}")
             return None
@@ -681,6 +681,9 @@ class ParetoSliderTrainer:
     def _optimizer_step(self) -> float | None:
         """Clip, check and step; a non-finite gradient norm (NaN/inf loss on any process) skips the step."""
         params = self.policies.trainable
+        if self._lora_waits():
+            for param in self.policies.lora_parameters:
+                param.grad = None  # AdamW skips it: no step, no decay, no moments until the warm-up ends
         max_norm = self.config.max_grad_norm or math.inf
         norm = float(full_tensor(self.accelerator.clip_grad_norm_(params, max_norm)))
         if not math.isfinite(norm):
@@ -694,6 +697,13 @@ class ParetoSliderTrainer:
         if self.ema is not None:
             self.ema.update(params)
         return norm
+
+    def _lora_waits(self) -> bool:
+        """--modules-first: during the first epochs only the preference modules step. Measured on the toy world
+        (docs/toy.md): while w cannot yet steer, every corner's gradient lands on the one shared LoRA, which follows
+        the easier reward and drags the slower end below the base before the modules tell the ends apart."""
+        config = self.config
+        return not config.is_baseline and self.epoch < round(config.modules_first * config.epochs)
 
     def _bad_step(self, message: str) -> None:
         self.skipped += 1

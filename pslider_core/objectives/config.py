@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 ODE_SOLVERS = ("euler", "dpm2")
 SDE_KINDS = ("sde", "cps")
+ADVANTAGE_STDS = ("group", "pooled")  # `advantages.group_advantages`: whose std scales a reward's advantages
 
 
 @dataclass
