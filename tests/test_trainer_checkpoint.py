@@ -117,6 +117,20 @@ def test_resume_of_a_finished_run_writes_its_output_and_fewer_epochs_are_refused
         ckpt.check_resume(tmp_path, TrainConfig(epochs=1))
 
 
+def test_a_checkpoint_older_than_a_setting_resumes_at_its_default_only(tmp_path):
+    """A checkpoint written before --modules-first existed records no such field: it trained without a warm-up, so it
+    resumes with the default and is refused with any other value; a recorded field that differs is refused too."""
+    config = TrainConfig()
+    older = {k: v for k, v in config.fingerprint_fields().items() if k != "modules_first"}
+    ckpt.save_checkpoint(tmp_path, 1, {"trainable": {"w": torch.zeros(1)}},
+                         {"epoch": 1, "fingerprint": "from-an-older-version", "config_fields": older}, keep=1)
+    assert ckpt.check_resume(tmp_path, config).state["epoch"] == 1
+    with pytest.raises(ckpt.CheckpointError, match=r"modules_first: checkpoint 0\.0, now 0\.125"):
+        ckpt.check_resume(tmp_path, TrainConfig(modules_first=0.125))
+    with pytest.raises(ckpt.CheckpointError, match=r"lr: checkpoint 0\.0003, now 0\.001"):
+        ckpt.check_resume(tmp_path, TrainConfig(lr=1e-3))
+
+
 def test_write_errors_name_the_cause_the_fix_and_what_is_intact(tmp_path):
     full = ckpt.write_error(OSError(errno.ENOSPC, "No space left on device"), "checkpoint epoch-000001 in X",
                             "--checkpoint-dir", tmp_path, epochs=3)
