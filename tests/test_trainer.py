@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pslider_core import ParetoSlider, get_backbone, load_pareto_slider
+from pslider_core.advantages import group_advantages
 from pslider_core.rewards import RewardBatch, get_reward
 from pslider_core.samplers import ode_sample
 from trainer.checkpoint import find_checkpoint
@@ -387,9 +388,10 @@ def test_training_moves_rewards_in_the_direction_of_w(tiny_base, tmp_path, monke
     assert bright[0] - bright[1] > 0.02, bright
 
 
-def test_modules_first_holds_the_lora_until_the_warm_up_ends(tiny_base, tmp_path):
+def test_modules_first_and_advantage_std_reach_the_training_step(tiny_base, tmp_path):
     """--modules-first 0.5 of 2 epochs: epoch 0 steps the preference modules only, epoch 1 the LoRA too; a
-    fixed-weights run (no modules) ignores it and trains its LoRA from the first epoch."""
+    fixed-weights run (no modules) ignores it and trains its LoRA from the first epoch. --advantage-std pooled
+    scales the advantages by the batch's pooled std."""
     base, prompts = tiny_base("sd3"), write_prompts(tmp_path, "sd3")
 
     def trainer(**extra):
@@ -411,6 +413,13 @@ def test_modules_first_holds_the_lora_until_the_warm_up_ends(tiny_base, tmp_path
     assert any(moved(run, run.policies.module_parameters, modules))
     run.train_epoch(1)
     assert any(moved(run, run.policies.lora_parameters, lora))
+
+    # --advantage-std reaches the advantages: pooled differs from the group std on the same rewards
+    plan = run.plan(1)
+    rewards = torch.rand(len(plan.group_of), 2, generator=torch.Generator().manual_seed(0))
+    pooled = trainer(advantage_std="pooled").compute_advantages(plan, rewards)
+    torch.testing.assert_close(pooled, group_advantages(rewards * run.signs, plan.group_of, std="pooled"))
+    assert not torch.allclose(pooled, run.compute_advantages(plan, rewards))
 
     fixed = trainer(fixed_weights="0.5,0.5")
     lora = [p.detach().clone() for p in fixed.policies.lora_parameters]
