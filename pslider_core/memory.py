@@ -926,9 +926,10 @@ class _Footprint:
 
     Residency follows the trainer: the text encoders encode every prompt before the transformer and the trained
     tensors come to the GPU and are then released (unless --no-offload-text-encoders), the VAEs come to the GPU only
-    to encode or decode (--offload-vae), the reward models load at their first use and stay (unless --offload-rewards), Adam's moments exist from the first step on,
-    gradients only in the optimisation stage; the epoch's conditioning and every rollout's state stay for the epoch,
-    and the optimisation stage stacks the states into one more copy.
+    to encode or decode (--offload-vae), the reward models load at their first use and stay (unless
+    --offload-rewards), Adam's moments exist from the first step on, gradients only in the optimisation stage; the
+    epoch's conditioning and every rollout's state stay for the epoch, and the optimisation stage stacks the states
+    into one more copy.
     """
 
     config: Any

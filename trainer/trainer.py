@@ -99,7 +99,6 @@ from .prompt_cache import PromptCache
 logger = logging.getLogger("pslider.train")
 
 
-
 class TrainingAborted(RuntimeError):
     """Training cannot go on (persistent NaN/inf); the message says what to check."""
 

@@ -3,9 +3,9 @@
 Every swept method (ParetoSlider or LoRA soup) is also compared with the union of the fixed-weights runs, and every
 ParetoSlider with every soup, by `fronts.compare_fronts`: hypervolume ratio, share of the other's points it weakly
 dominates (within `dominance_tol`), extent of each reward. All rewards are maximised. The reference point is the
-per-reward minimum over every method's points unless one is given; hypervolumes are also reported after min-max normalising each reward over all
-methods, so rewards on different scales count equally. JSON has no NaN: an undefined number (a
-Spearman correlation over a reward or weight that never changed, a ratio over an empty union) is null.
+per-reward minimum over every method's points unless one is given; hypervolumes are also reported after min-max
+normalising each reward over all methods, so rewards on different scales count equally. JSON has no NaN: an undefined
+number (a Spearman correlation over a reward or weight that never changed, a ratio over an empty union) is null.
 """
 
 from __future__ import annotations
