@@ -163,8 +163,11 @@ def run_seed(seed: int, args: argparse.Namespace, rewards: list[str], prompts: t
     fixed_names = ["fixed_" + "-".join(f"{x:.2f}" for x in w) for w in points]
     files.update({name: folder / f"{name}.safetensors" for name in fixed_names})
     if args.fixed_from:  # checked before anything trains
-        walls.update({name: reuse_fixed_run(args.fixed_from / f"seed{seed}", name, files[name], rewards, w, seed, args)
-                      for name, w in zip(fixed_names, points)})
+        earlier = args.fixed_from / f"seed{seed}"
+        for name, w in zip(fixed_names, points):
+            reuse_fixed_run(earlier / files[name].name, files[name], rewards, w, seed, args)
+        recorded = json.loads((earlier / WALLS).read_text())
+        walls.update({name: recorded[name] for name in fixed_names})
     walls[SLIDER] = train_run(files[SLIDER], prompts[0], spec, args.steps, seed, args.slider_config or args.config,
                               progress=args.progress, preference_mixture=args.preference_mixture)
     if not args.fixed_from:
@@ -184,11 +187,10 @@ def run_seed(seed: int, args: argparse.Namespace, rewards: list[str], prompts: t
     return seed_metrics(folder / "eval", rewards, fixed_names, corners, walls, args.steps)
 
 
-def reuse_fixed_run(folder: Path, name: str, target: Path, rewards: list[str], w: tuple[float, ...], seed: int,
-                    args: argparse.Namespace) -> float:
+def reuse_fixed_run(source: Path, target: Path, rewards: list[str], w: tuple[float, ...], seed: int,
+                    args: argparse.Namespace) -> None:
     """Copy an earlier benchmark's fixed-weights run (they do not depend on the slider's settings) after checking it
-    was trained as this one would be; returns its recorded training wall time."""
-    source = folder / target.name
+    was trained as this one would be."""
     training = read_header(source, "toy")["training"]
     wanted = {"method": "fixed_weights", "fixed_weights": list(w), "rewards": rewards, "seed": seed,
               "epochs": args.steps}
@@ -197,7 +199,6 @@ def reuse_fixed_run(folder: Path, name: str, target: Path, rewards: list[str], w
         raise SystemExit(f"{source} was trained with {found} at lr {training['config']['lr']:g}, not {wanted} at "
                          f"lr {args.fixed_lr:g}; pass a --fixed-from folder of the same rewards, seeds and --steps.")
     shutil.copy(source, target)
-    return json.loads((folder / WALLS).read_text())[name]
 
 
 def _stat(values: list[float | None]) -> str:

@@ -259,16 +259,8 @@ class TrainConfig:
         from pslider_core.preference_sampling import PreferenceMixture  # numpy and torch: not for --help
 
         PreferenceMixture.parse(self.preference_mixture, num_rewards=2)  # syntax check; M known later
-        if not (math.isfinite(self.corners_first) and 0.0 <= self.corners_first < 1.0):
-            raise ValueError(
-                f"--corners-first is the share of epochs with corner preferences only, from 0 (off) to below 1, got "
-                f"{self.corners_first}; e.g. --corners-first 0.5."
-            )
-        if not (math.isfinite(self.modules_first) and 0.0 <= self.modules_first < 1.0):
-            raise ValueError(
-                f"--modules-first is the share of epochs in which only the preference modules train, from 0 (off) to "
-                f"below 1, got {self.modules_first}; e.g. --modules-first 0.125."
-            )
+        _check_share("--corners-first", self.corners_first, "with corner preferences only", 0.5)
+        _check_share("--modules-first", self.modules_first, "in which only the preference modules train", 0.125)
         if self.fixed_weights:
             bad = [x for x in self.fixed_weights if not (math.isfinite(x) and x >= 0)]
             if bad or sum(self.fixed_weights) <= 0:
@@ -305,6 +297,13 @@ class TrainConfig:
     def fingerprint(self) -> str:
         payload = json.dumps(self.fingerprint_fields(), sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _check_share(option: str, value: float, what: str, example: float) -> None:
+    """A curriculum's share of the epochs: 0 turns it off, 1 would leave no epoch for the rest of training."""
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise ValueError(f"{option} is the share of epochs {what}, from 0 (off) to below 1, got {value}; e.g. "
+                         f"{option} {example:g}.")
 
 
 def _check_backbone(name: str) -> None:
