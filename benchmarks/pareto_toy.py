@@ -1,10 +1,10 @@
 """The paper's claim in miniature on the toy world: one ParetoSlider run vs K fixed-weights runs, the LoRA soup of
 the corner runs, and the base model.
 
-For every seed: train one ParetoSlider (S optimiser steps) and K early-scalarization runs (`--fixed-weights`, S steps
-each) on the shipped toy base with `trainer/configs/toy.toml`, then evaluate all of them, the soup of the runs at the
-corners (one per reward, stacked at strengths lambda on the slider's grid: what a user without a slider does; its
-compute is those runs') and the base with `pslider-eval` on the held-out prompts (same reference point for every
+For every seed: train one ParetoSlider (S epochs of 64 rollouts) and K early-scalarization runs (`--fixed-weights`,
+S epochs each) on the shipped toy base with `trainer/configs/toy.toml`, then evaluate all of them, the soup of the runs
+at the corners (one per reward, stacked at strengths lambda on the slider's grid: what a user without a slider does;
+its compute is those runs') and the base with `pslider-eval` on the held-out prompts (same reference point for every
 method of a seed: the per-reward minimum), the toy judge scoring every sample as a held-out "valid image" scorer.
 Per seed and over seeds: hypervolume and its ratios (to the fixed runs' union, slider to soup), the share of the fixed
 runs' points a method weakly dominates (within 0.01), each end's extent (best value over the fixed runs' best),
@@ -45,7 +45,7 @@ from pslider_core.file_format import read_header  # noqa: E402
 from pslider_core.rewards.base import RewardBatch  # noqa: E402
 from pslider_core.toy.dataset import heldout_prompts, train_prompts  # noqa: E402
 from pslider_core.toy.judge import validity  # noqa: E402
-from trainer.config import read_toml, resolve_config  # noqa: E402
+from trainer.config import TrainConfig, read_toml, resolve_config  # noqa: E402
 from trainer.eval_cli import main as eval_main  # noqa: E402
 from trainer.trainer import ParetoSliderTrainer  # noqa: E402
 
@@ -85,14 +85,18 @@ def write_prompts(folder: Path) -> tuple[Path, Path]:
     return train, held
 
 
-def train_run(output: Path, prompts: Path, rewards: str, steps: int, seed: int, config: Path,
-              fixed: tuple[float, ...] | None = None, progress: bool = False, **settings: Any) -> float:
-    """One training run with the toy config (`settings` override its keys, None keeps them); returns its wall time
-    in seconds."""
+def run_config(output: Path, prompts: Path, rewards: str, steps: int, seed: int, config: Path,
+               fixed: tuple[float, ...] | None = None, progress: bool = False, **settings: Any) -> TrainConfig:
+    """One run's training config: the toy config with `settings` overriding its keys (None keeps them)."""
     overrides = dict(rewards=rewards, prompts=str(prompts), output=str(output), epochs=steps, seed=seed,
                      progress=progress, fixed_weights=fixed or ())
     overrides.update({key: value for key, value in settings.items() if value is not None})
-    cfg = resolve_config(read_toml(config), overrides)
+    return resolve_config(read_toml(config), overrides)
+
+
+def train_run(*args: Any, **kwargs: Any) -> float:
+    """Train one run (`run_config`'s arguments); returns its wall time in seconds."""
+    cfg = run_config(*args, **kwargs)
     start = time.perf_counter()
     ParetoSliderTrainer(cfg).train()
     return time.perf_counter() - start
@@ -165,7 +169,7 @@ def run_seed(seed: int, args: argparse.Namespace, rewards: list[str], prompts: t
     if args.fixed_from:  # checked before anything trains
         earlier = args.fixed_from / f"seed{seed}"
         for name, w in zip(fixed_names, points):
-            reuse_fixed_run(earlier / files[name].name, files[name], rewards, w, seed, args)
+            reuse_fixed_run(earlier / files[name].name, files[name], prompts[0], rewards, w, seed, args)
         recorded = json.loads((earlier / WALLS).read_text())
         walls.update({name: recorded[name] for name in fixed_names})
     walls[SLIDER] = train_run(files[SLIDER], prompts[0], spec, args.steps, seed, args.slider_config or args.config,
@@ -187,17 +191,20 @@ def run_seed(seed: int, args: argparse.Namespace, rewards: list[str], prompts: t
     return seed_metrics(folder / "eval", rewards, fixed_names, corners, walls, args.steps)
 
 
-def reuse_fixed_run(source: Path, target: Path, rewards: list[str], w: tuple[float, ...], seed: int,
+def reuse_fixed_run(source: Path, target: Path, prompts: Path, rewards: list[str], w: tuple[float, ...], seed: int,
                     args: argparse.Namespace) -> None:
     """Copy an earlier benchmark's fixed-weights run (they do not depend on the slider's settings) after checking it
-    was trained as this one would be."""
+    was trained with every setting that changes the math as this one would be (a setting newer than the file counts
+    at its default, as for a resume)."""
+    config = run_config(target, prompts, ",".join(rewards), args.steps, seed, args.config, fixed=w, lr=args.fixed_lr)
     training = read_header(source, "toy")["training"]
-    wanted = {"method": "fixed_weights", "fixed_weights": list(w), "rewards": rewards, "seed": seed,
-              "epochs": args.steps}
-    found = {key: training.get(key) for key in wanted}
-    if found != wanted or training["config"]["lr"] != args.fixed_lr:
-        raise SystemExit(f"{source} was trained with {found} at lr {training['config']['lr']:g}, not {wanted} at "
-                         f"lr {args.fixed_lr:g}; pass a --fixed-from folder of the same rewards, seeds and --steps.")
+    # "prompts" is a path: each --out folder writes its own copy of the same prompt files
+    diffs = config.setting_diffs(training["config"], "file", ignore=("prompts",))
+    if training["epochs"] != config.epochs:  # resumable, so not among the settings a resume compares
+        diffs.insert(0, f"epochs: file {training['epochs']}, now {config.epochs}")
+    if diffs:
+        raise SystemExit(f"{source} was trained with other settings ({'; '.join(diffs)}). Pass a --fixed-from folder "
+                         "of the same rewards, seeds, --steps and --config, or run without --fixed-from.")
     shutil.copy(source, target)
 
 
@@ -224,7 +231,7 @@ def _valid_range(entry: dict) -> str:
 
 def aggregate(per_seed: list[dict[str, dict]], rewards: list[str]) -> str:
     """Markdown table over seeds (mean ± std) of every method."""
-    head = ["method", "optimiser steps", "wall s", "hypervolume", "HV / fixed union", "HV / soup", "fixed covered"]
+    head = ["method", "epochs", "wall s", "hypervolume", "HV / fixed union", "HV / soup", "fixed covered"]
     head += [f"extent ratio {r}" for r in rewards] + [f"best {r}" for r in rewards]
     head += [f"Spearman {r}" for r in rewards] + ["valid rate (min..max over w)"]
     lines = [_row(head), "|" + "---|" * len(head)]
@@ -243,7 +250,7 @@ def aggregate(per_seed: list[dict[str, dict]], rewards: list[str]) -> str:
 
 def seed_table(per_seed: list[dict[str, dict]], seeds: list[int], rewards: list[str]) -> str:
     """One row per (seed, slider or soup): the metrics the targets are judged on."""
-    head = ["seed", "method", "steps", "HV", "HV / fixed union", "HV / soup", "fixed covered"]
+    head = ["seed", "method", "epochs", "HV", "HV / fixed union", "HV / soup", "fixed covered"]
     head += [f"extent ratio {r}" for r in rewards] + [f"Spearman {r}" for r in rewards] + ["valid (min..max)"]
     lines = [_row(head), "|" + "---|" * len(head)]
     for seed, result in zip(seeds, per_seed):
@@ -303,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rewards", default="toy_color,toy_sketch")
     parser.add_argument("--seeds", default="0,1,2", help="Training seeds (one slider + K fixed runs each).")
     parser.add_argument("--steps", type=int, default=40,
-                        help="S: optimiser steps of every run (benchmarks/RESULTS.md: 40).")
+                        help="S: epochs (rollout rounds: the unit of compute) of every run (RESULTS.md: 40).")
     parser.add_argument("--grid", type=int, default=11, help="pslider-eval --grid for the slider's and soup's sweep.")
     parser.add_argument("--eval-seeds", type=int, default=10,
                         help="Noise seeds per held-out prompt (5 prompts x 10 = 50 samples per w).")

@@ -115,8 +115,14 @@ def test_benchmark_pipeline_end_to_end(tmp_path: Path, pareto_toy) -> None:
         assert reused[name]["wall"] == seed[name]["wall"] and reused[name]["extent"] == seed[name]["extent"]
     slider = load_pareto_slider(tmp_path / "again" / "seed0" / "slider.safetensors", "toy")
     assert slider.training["config"]["advantage_std"] == "pooled"
-    with pytest.raises(SystemExit, match="pass a --fixed-from folder of the same rewards, seeds and --steps"):
+    with pytest.raises(SystemExit, match=r"\(epochs: file 1, now 2\)\. Pass a --fixed-from folder of the same rewards"):
         pareto_toy.main([*again[:1], "2", *again[2:]])
+    # any setting that changes the fixed runs' math is checked, not only the ones a benchmark passes
+    other = tmp_path / "other.toml"
+    steps = read_toml(config)["optimizer_steps_per_epoch"]
+    other.write_text(to_toml(resolve_config(read_toml(config), {"optimizer_steps_per_epoch": steps + 1})))
+    with pytest.raises(SystemExit, match=rf"\(optimizer_steps_per_epoch: file {steps}, now {steps + 1}\)"):
+        pareto_toy.main([*again[:-6], "--config", str(other), *again[-4:]])
 
 
 def test_controls_benchmark_end_to_end(tmp_path: Path, pareto_toy) -> None:

@@ -18,7 +18,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +154,7 @@ def check_resume(path: str | os.PathLike, config: "TrainConfig") -> Checkpoint:
     """The checkpoint to resume, refusing one written with settings that change the training math."""
     checkpoint = find_checkpoint(path)
     if checkpoint.state.get("fingerprint") != config.fingerprint():
-        diffs = _setting_diffs(checkpoint.state.get("config_fields"), config)
+        diffs = config.setting_diffs(checkpoint.state.get("config_fields"))
         if diffs:
             raise CheckpointError(
                 f"Cannot resume from {checkpoint.path}: it was trained with other settings ({'; '.join(diffs)}). "
@@ -167,16 +167,6 @@ def check_resume(path: str | os.PathLike, config: "TrainConfig") -> Checkpoint:
             "further."
         )
     return checkpoint
-
-
-def _setting_diffs(saved: dict[str, Any] | None, config: "TrainConfig") -> list[str]:
-    """The settings that change the math and differ from the checkpoint's record. A setting newer than the
-    checkpoint (absent from its record) counts at its default, which is how the run that wrote it trained."""
-    current = config.fingerprint_fields()
-    defaults = {f.name: f.default for f in fields(config) if f.name in current and f.default is not MISSING}
-    saved = {**defaults, **saved} if saved else {}
-    return [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
-            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 
 def check_fresh(root: str | os.PathLike, epochs: int) -> None:

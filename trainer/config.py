@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -293,6 +293,17 @@ class TrainConfig:
         """The settings a resumed run must share with its checkpoint (everything that changes the math)."""
         data = self.to_dict()
         return {f.name: data[f.name] for f in fields(self) if not f.metadata["resumable"]}
+
+    def setting_diffs(self, saved: dict[str, Any] | None, record: str = "checkpoint",
+                      ignore: tuple[str, ...] = ()) -> list[str]:
+        """The settings that change the math and differ from a record of them (a checkpoint's, a file's), one
+        "name: <record> X, now Y" each. A setting newer than the record counts at its default, which is how the run
+        that wrote it trained."""
+        current = {k: v for k, v in self.fingerprint_fields().items() if k not in ignore}
+        defaults = {f.name: f.default for f in fields(self) if f.name in current and f.default is not MISSING}
+        saved = {**defaults, **{k: v for k, v in saved.items() if k in current}} if saved else {}
+        return [f"{k}: {record} {saved.get(k)!r}, now {current.get(k)!r}"
+                for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
     def fingerprint(self) -> str:
         payload = json.dumps(self.fingerprint_fields(), sort_keys=True).encode()
