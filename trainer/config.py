@@ -298,7 +298,7 @@ class TrainConfig:
                       ignore: tuple[str, ...] = ()) -> list[str]:
         """The settings that change the math and differ from a record of them (a checkpoint's, a file's), one
         "name: <record> X, now Y" each. A setting newer than the record counts at its default, which is how the run
-        that wrote it trained."""
+        that wrote it trained; what the record holds beyond the settings (paths, runtime options) is not compared."""
         current = {k: v for k, v in self.fingerprint_fields().items() if k not in ignore}
         defaults = {f.name: f.default for f in fields(self) if f.name in current and f.default is not MISSING}
         saved = {**defaults, **{k: v for k, v in saved.items() if k in current}} if saved else {}
