@@ -63,7 +63,11 @@ def test_guidance_is_w_from_plus_s_times_the_difference_under_cfg(family, librar
         base = render(apply(model, name, *w_from)[0], family, x, sigma, conds)
         for g, a, b in zip(got, base, at_w):
             for g_part, a_part, b_part in zip(g, a, b):
-                torch.testing.assert_close(g_part, a_part + 2.5 * (b_part - a_part), **TOL)
+                # a few float32 ulps of the two renders (|values| up to ~110 on the tiny LTX-2) survive the
+                # extrapolation: tolerate them at the renders' scale, not at the (possibly cancelling) result's
+                scale = max(1.0, float(a_part.abs().max()), float(b_part.abs().max()))
+                torch.testing.assert_close(g_part, a_part + 2.5 * (b_part - a_part), atol=TOL["atol"] * scale,
+                                           rtol=TOL["rtol"])
     assert no_hooks_left(out[0])
 
 
