@@ -131,6 +131,16 @@ def test_a_checkpoint_older_than_a_setting_resumes_at_its_default_only(tmp_path)
         ckpt.check_resume(tmp_path, TrainConfig(lr=1e-3))
 
 
+def test_a_checkpoint_with_a_setting_this_version_lacks_is_refused(tmp_path):
+    """A setting that changed the math and no longer exists cannot be honoured, so such a checkpoint is refused."""
+    config = TrainConfig()
+    recorded = {**config.fingerprint_fields(), "retired_setting": 3}
+    ckpt.save_checkpoint(tmp_path, 1, {"trainable": {"w": torch.zeros(1)}},
+                         {"epoch": 1, "fingerprint": "from-another-version", "config_fields": recorded}, keep=1)
+    with pytest.raises(ckpt.CheckpointError, match=r"retired_setting: checkpoint 3, now None"):
+        ckpt.check_resume(tmp_path, config)
+
+
 def test_write_errors_name_the_cause_the_fix_and_what_is_intact(tmp_path):
     full = ckpt.write_error(OSError(errno.ENOSPC, "No space left on device"), "checkpoint epoch-000001 in X",
                             "--checkpoint-dir", tmp_path, epochs=3)

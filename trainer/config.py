@@ -298,10 +298,12 @@ class TrainConfig:
                       ignore: tuple[str, ...] = ()) -> list[str]:
         """The settings that change the math and differ from a record of them (a checkpoint's, a file's), one
         "name: <record> X, now Y" each. A setting newer than the record counts at its default, which is how the run
-        that wrote it trained; what the record holds beyond the settings (paths, runtime options) is not compared."""
+        that wrote it trained. Resumable options in the record (paths, devices) are not compared; a setting the
+        record has and this version lacks still is."""
+        skip = {f.name for f in fields(self) if f.metadata["resumable"]} | set(ignore)
         current = {k: v for k, v in self.fingerprint_fields().items() if k not in ignore}
         defaults = {f.name: f.default for f in fields(self) if f.name in current and f.default is not MISSING}
-        saved = {**defaults, **{k: v for k, v in saved.items() if k in current}} if saved else {}
+        saved = {**defaults, **{k: v for k, v in saved.items() if k not in skip}} if saved else {}
         return [f"{k}: {record} {saved.get(k)!r}, now {current.get(k)!r}"
                 for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
