@@ -27,6 +27,7 @@ from ..pslider_core.preference import PreferenceSpec
 from .families import HookPoints
 from .files import LoadedSlider
 from .patching import PreferenceWrapper, _transformer_options
+from .reward_ranks import RewardRanks
 from .weights import WeightPolicy
 
 Coefficient = Callable[[torch.Tensor, int, int], "torch.Tensor | float"]
@@ -116,10 +117,11 @@ def split(first: WeightPolicy, second: WeightPolicy, coefficient: Coefficient) -
 class ControlWrapper:
     """APPLY_MODEL wrapper: one model call per term under its policy, outputs combined as sum_k c_k out_k."""
 
-    def __init__(self, loaded: LoadedSlider, points: HookPoints, terms: Sequence[ControlTerm]) -> None:
+    def __init__(self, loaded: LoadedSlider, points: HookPoints, terms: Sequence[ControlTerm],
+                 ranks: RewardRanks | None = None) -> None:
         self.terms = list(terms)
         self.points = points
-        self.calls = [PreferenceWrapper(loaded, term.policy, points) for term in self.terms]
+        self.calls = [PreferenceWrapper(loaded, term.policy, points, ranks) for term in self.terms]
 
     def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
         chunks = len(_transformer_options(args, kwargs).get("cond_or_uncond") or [0])

@@ -6,6 +6,9 @@ recomputes each block in the backward pass, after the conditioned forward has re
 function (installed whenever the transformer checkpoints) replays that forward's vectors during recomputation, so
 recomputed blocks compute exactly what the forward did (otherwise they lose the block vector, and Kontext's token
 mask changes the number of saved tensors).
+
+A w-conditioned LoRA (`PreferenceModuleConfig.reward_ranks`) is one more hook, on each peft adapter's lora_A layers:
+it scales the reward-owned ranks of the down-projection by the call's w, per sample.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class _Call:
     global_vec: torch.Tensor
     block_vec: torch.Tensor | None
     token_mask: torch.Tensor | None
+    rank_scale: torch.Tensor | None = None  # (batch, M x reward_ranks): the LoRA's reward-owned ranks' scales
 
 
 class PreferenceHooks:
@@ -90,6 +94,7 @@ class PreferenceHooks:
         self._active: tuple[PreferenceModules, torch.Tensor] | None = None
         self._call: _Call | None = None
         self._checkpoint_fn: Callable[..., Any] = self.checkpoint  # one bound method, compared by identity
+        self._lora_adapters: tuple[str, ...] = ()  # the peft adapters whose lora_A layers are hooked
         self._handles = [
             transformer.register_forward_pre_hook(self._before_forward, with_kwargs=True),
             transformer.get_submodule(adapter.global_module).register_forward_hook(self._after_global),
@@ -112,6 +117,7 @@ class PreferenceHooks:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._lora_adapters = ()
         if getattr(self.transformer, HOOKS_ATTRIBUTE, None) is self:
             delattr(self.transformer, HOOKS_ATTRIBUTE)
 
@@ -123,10 +129,15 @@ class PreferenceHooks:
             return
         modules, w = self._active
         batch = _hidden_states(args, kwargs).shape[0]
-        g, m = modules(w.to(_hidden_states(args, kwargs).device))
+        w = w.to(_hidden_states(args, kwargs).device)
+        g, m = modules(w)
+        rank_scale = None
+        if modules.config.reward_ranks:
+            self._ensure_lora_hooks()
+            rank_scale = tile_to_batch(reward_rank_scale(w, modules.config.reward_ranks), batch)
         self._call = _Call(
             tile_to_batch(g, batch), tile_to_batch(m, batch) if m is not None else None,
-            self.adapter.target_token_mask(args, kwargs),
+            self.adapter.target_token_mask(args, kwargs), rank_scale,
         )
 
     def _after_global(self, _module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor | None:
@@ -138,6 +149,26 @@ class PreferenceHooks:
         if self._call is None or self._call.block_vec is None:
             return None
         return add_to_tokens(out, self._call.block_vec, self._call.token_mask)
+
+    def _after_lora_a(self, _module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor | None:
+        if self._call is None or self._call.rank_scale is None:
+            return None  # outside a w-conditioned call the LoRA applies whole, as a plain one does
+        return scale_reward_ranks(out, self._call.rank_scale)
+
+    def _ensure_lora_hooks(self) -> None:
+        """Hook every peft adapter's lora_A layers (the old policy's adapter is added after the slider's): one dict
+        lookup per forward, one module walk when the set of adapters changed."""
+        adapters = tuple(getattr(self.transformer, "peft_config", None) or ())
+        if adapters == self._lora_adapters:
+            return
+        hooked = set(self._lora_adapters)
+        for module in self.transformer.modules():
+            lora_a = getattr(module, "lora_A", None)
+            if isinstance(lora_a, nn.ModuleDict):
+                for name, layer in lora_a.items():
+                    if name not in hooked:
+                        self._handles.append(layer.register_forward_hook(self._after_lora_a))
+        self._lora_adapters = adapters
 
     # ------------------------------------------------------------------ activation checkpointing
     def checkpoint(self, module: nn.Module, *args: Any) -> Any:
@@ -163,6 +194,25 @@ class PreferenceHooks:
             getattr(transformer, "_gradient_checkpointing_func", None) is not self._checkpoint_fn
         ):
             transformer._set_gradient_checkpointing(enable=True, gradient_checkpointing_func=self._checkpoint_fn)
+
+
+def reward_rank_scale(w: torch.Tensor, reward_ranks: int) -> torch.Tensor:
+    """w (B, M) -> the scales (B, M x reward_ranks) of the LoRA's reward-owned ranks: w_m for each of reward m's."""
+    return w.repeat_interleave(reward_ranks, dim=1)
+
+
+def scale_reward_ranks(out: torch.Tensor, rank_scale: torch.Tensor) -> torch.Tensor:
+    """A LoRA's down-projection `out` (rows, ..., r) with its last ranks multiplied by `rank_scale` (B, R) per
+    sample; rows are B or B x tokens (flattened batch-major)."""
+    reward = rank_scale.shape[1]
+    shared = out.shape[-1] - reward
+    if shared < 0:
+        raise ValueError(
+            f"The LoRA has rank {out.shape[-1]} but the preference modules scale {reward} reward-owned ranks."
+        )
+    scale = expand_rows(rank_scale, out.shape[0]).to(out.dtype)
+    scale = scale.view(scale.shape[0], *([1] * (out.ndim - 2)), reward)
+    return torch.cat([out[..., :shared], out[..., shared:] * scale], dim=-1)
 
 
 def preference_hooks(transformer: nn.Module, adapter: "BackboneAdapter") -> PreferenceHooks:

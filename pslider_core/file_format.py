@@ -32,7 +32,8 @@ from .module_config import CONFIG_LIMITS, PreferenceModuleConfig
 from .modules import PreferenceModules
 from .preference import PreferenceSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: module_config.reward_ranks (a w-conditioned LoRA); files without it are still written as 1
+REWARD_RANKS_VERSION = 2
 METADATA_KEY = "pareto_slider"
 MODULE_PREFIX = "pareto_slider."
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
@@ -70,9 +71,15 @@ class ParetoSliderFile:
     def reward_names(self) -> tuple[str, ...]:
         return self.spec.reward_names
 
+    @property
+    def written_version(self) -> int:
+        """The oldest format that holds this file: readers of format 1 would apply a w-conditioned LoRA as a plain
+        one, so only files that have one say 2 (and older readers refuse them)."""
+        return REWARD_RANKS_VERSION if self.module_config.reward_ranks else 1
+
     def metadata(self) -> dict[str, Any]:
         return {
-            "format_version": self.format_version,
+            "format_version": self.written_version,
             "backbone": self.backbone,
             "base_model": self.base_model,
             "reward_names": list(self.spec.reward_names),
@@ -356,6 +363,18 @@ def _parse_metadata(meta: dict[str, Any], name: str) -> ParetoSliderFile:
         lora = None if lora_meta is None else LoraSpec.from_dict(lora_meta)
     except ValueError as err:
         raise _invalid(name, "lora", err) from None
+    if module_config.reward_ranks:
+        if version < REWARD_RANKS_VERSION:
+            raise ParetoSliderFileError(
+                f"{name} says format {version}, which cannot hold module_config.reward_ranks "
+                f"({module_config.reward_ranks}); {_EDITED}."
+            )
+        rank = lora.rank if lora is not None else 0
+        if module_config.reward_rank_total > rank:
+            raise ParetoSliderFileError(
+                f"{name}: module_config.reward_ranks asks for {module_config.reward_rank_total} reward-owned LoRA ranks "
+                f"but the LoRA has rank {rank}; {_EDITED}."
+            )
     training = _optional(meta, "training", {})
     if not isinstance(training, dict):
         raise _wrong_type(name, "training", "a JSON object", training)

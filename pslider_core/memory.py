@@ -585,12 +585,12 @@ def measure_no_grad(fn: Callable[[], Any]) -> int:
 
 def attach_trainables(
     adapter: BackboneAdapter, transformer: nn.Module, reward_names: list[str], *, rank: int, alpha: float,
-    mode: str, num_freqs: int,
+    mode: str, num_freqs: int, reward_ranks: int = 0,
 ) -> ParetoSlider:
     """The trained LoRA and preference modules on `transformer`, in float32 as `trainer/policies.py` keeps them."""
     slider = ParetoSlider.attach(
         transformer, adapter.name, reward_names, mode=mode, num_freqs=num_freqs,
-        lora=LoraSpec(rank, alpha, adapter.lora_target_modules),
+        lora=LoraSpec(rank, alpha, adapter.lora_target_modules), reward_ranks=reward_ranks,
     )
     for param in slider.trainable_parameters():
         param.data = param.data.float()
@@ -803,8 +803,9 @@ def estimate_memory(config: Any, base_folder: str | Path | None = None) -> Memor
     for c in components:
         roles[c.role] = roles.get(c.role, 0) + c.bytes
     slider = attach_trainables(  # a lone reward (the fixed-weights baseline) still gets modules of 2 inputs
-        adapter, pipe.transformer, names if len(names) >= 2 else [*names, "unused"], rank=config.lora_rank,
-        alpha=config.lora_alpha, mode=config.conditioning_mode, num_freqs=config.num_freqs,
+        adapter, pipe.transformer, names if len(names) >= 2 else [*names, "unused"],
+        rank=config.lora_rank_total(len(names)), alpha=config.lora_alpha, mode=config.conditioning_mode,
+        num_freqs=config.num_freqs, reward_ranks=config.lora_reward_ranks,
     )
     copies = _copies(config, pipe.transformer, slider)
     steps, transients, x, cond = _measure(config, adapter, pipe, slider, rewards, dtype)
@@ -834,7 +835,7 @@ def estimate_memory(config: Any, base_folder: str | Path | None = None) -> Memor
         "precision": config.mixed_precision, "micro-batch": config.batch_size,
         "size": f"{config.width}x{config.height}", "frames": config.num_frames,
         "gradient checkpointing": config.gradient_checkpointing, "objective": config.objective, "EMA": config.ema,
-        "LoRA rank": config.lora_rank, "rewards": len(names),
+        "LoRA rank": config.lora_rank_total(len(names)), "rewards": len(names),
         "epoch": f"{config.prompts_per_epoch} prompts x {config.images_per_prompt} rollouts",
         "offload text encoders": config.offload_text_encoders, "offload VAE": config.offload_vae,
         "offload rewards": config.offload_rewards,

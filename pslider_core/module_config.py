@@ -10,11 +10,17 @@ CONDITIONING_MODES = ("global", "global+block")
 # Upper bounds of the config's sizes: far above any real model, low enough that a damaged or hostile file's
 # config cannot ask for tens of GB before its tensors are compared with it.
 CONFIG_LIMITS = {"num_rewards": 64, "inner_dim": 65536, "num_freqs": 64, "block_pe_dim": 65536, "block_layers": 64}
+REWARD_RANKS_LIMIT = 1024
 
 
 @dataclass(frozen=True)
 class PreferenceModuleConfig:
-    """Everything needed to rebuild the modules from a file's metadata alone (configs as data)."""
+    """Everything needed to rebuild the modules from a file's metadata alone (configs as data).
+
+    `reward_ranks` > 0 makes the LoRA w-conditioned (Panacea-style): its last `reward_ranks` x M ranks belong to the
+    rewards, `reward_ranks` each, and each reward's ranks are scaled by its weight w_m, so the corners train ranks of
+    their own instead of pulling one shared LoRA both ways; the first ranks stay shared (scale 1).
+    """
 
     num_rewards: int
     inner_dim: int
@@ -22,6 +28,7 @@ class PreferenceModuleConfig:
     num_freqs: int = 1
     block_pe_dim: int = 768
     block_layers: int = 4
+    reward_ranks: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str) or self.mode not in CONDITIONING_MODES:
@@ -34,6 +41,17 @@ class PreferenceModuleConfig:
                 raise ValueError(
                     f"PreferenceModuleConfig.{key} must be an integer from 1 to {limit}, got {reprlib.repr(value)}."
                 )
+        ranks = self.reward_ranks
+        if isinstance(ranks, bool) or not isinstance(ranks, int) or not 0 <= ranks <= REWARD_RANKS_LIMIT:
+            raise ValueError(
+                f"PreferenceModuleConfig.reward_ranks must be an integer from 0 to {REWARD_RANKS_LIMIT}, "
+                f"got {reprlib.repr(ranks)}."
+            )
+
+    @property
+    def reward_rank_total(self) -> int:
+        """The LoRA's last ranks that w scales: `reward_ranks` per reward, in reward order."""
+        return self.reward_ranks * self.num_rewards
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,7 +3,7 @@
     COMFYUI_PATH=/path/to/ComfyUI PYTHONPATH=torchvision-stub python tests/comfyui_parity.py OUT.json
 
 For the same file and w, the ComfyUI-patched model's velocity must equal the trainer-side conditioned diffusers
-transformer's (tiny SD3 and tiny Flux/Kontext), and the unpatched model must predict afterwards what it predicted
+transformer's (tiny SD3 and tiny Flux/Kontext, each with a plain and a w-conditioned LoRA), and the unpatched model must predict afterwards what it predicted
 before. Writes the measured differences to OUT.json; the test asserts on them. It imports only the standard
 library, ComfyUI, torch, safetensors and this repository (diffusers and peft for the trainer side), never pytest, so
 the Python that runs ComfyUI needs no test tools.
@@ -47,7 +47,9 @@ def _comfy_velocity(patcher, x, sigma, **conds):
     return (x - denoised) / sigma.view(-1, *([1] * (x.ndim - 1)))
 
 
-def _parity_case(backbone: str, core, nodes, folder: Path) -> dict:
+def _parity_case(backbone: str, core, nodes, folder: Path, reward_ranks: int = 0) -> dict:
+    """`reward_ranks` > 0: a w-conditioned LoRA (2 shared ranks, then `reward_ranks` per reward), whose reward ranks
+    the pack adds through hooks at ComfyUI's key map (fused qkv slices for SD3 and Flux)."""
     import comfy.model_detection
     import comfy.model_management
     import comfy.model_patcher
@@ -61,13 +63,15 @@ def _parity_case(backbone: str, core, nodes, folder: Path) -> dict:
     adapter = core.get_backbone(backbone)
     pipe = adapter.tiny_pipeline(seed=0)
     base_state = {k: v.detach().clone().contiguous() for k, v in pipe.transformer.state_dict().items()}
+    rank = 2 + 2 * reward_ranks if reward_ranks else 4
     slider = core.ParetoSlider.attach(pipe.transformer, backbone, ["photo", "sketch"],
-                                      lora=core.LoraSpec(4, 8, adapter.lora_target_modules))
+                                      lora=core.LoraSpec(rank, 2 * rank, adapter.lora_target_modules),
+                                      reward_ranks=reward_ranks)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in slider.trainable_parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    name = f"{backbone}_parity.safetensors"
+    name = f"{backbone}_{reward_ranks}_parity.safetensors"
     slider.save(folder / name)
 
     reference = type(pipe.transformer).from_config(pipe.transformer.config).eval()
@@ -150,7 +154,9 @@ def _parity_main(out: Path) -> None:
     folder = out.parent / "sliders"
     folder.mkdir(exist_ok=True)
     folder_paths.add_model_folder_path("pareto_slider", str(folder))
-    out.write_text(json.dumps({b: _parity_case(b, core, nodes, folder) for b in ("sd3", "fluxkontext")}))
+    cases = {b: _parity_case(b, core, nodes, folder) for b in ("sd3", "fluxkontext")}
+    cases.update({f"{b}_reward_ranks": _parity_case(b, core, nodes, folder, 2) for b in ("sd3", "fluxkontext")})
+    out.write_text(json.dumps(cases))
 
 
 if __name__ == "__main__":

@@ -793,8 +793,8 @@ def test_comfyui_prediction_equals_the_trainer_side_conditioned_transformer(tmp_
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     report = json.loads(out.read_text())
     print(json.dumps(report, indent=1))
-    for backbone in ("sd3", "fluxkontext"):
-        r = report[backbone]
+    for case in ("sd3", "fluxkontext", "sd3_reward_ranks", "fluxkontext_reward_ranks"):
+        r = report[case]
         assert r["base_comfy_vs_diffusers"] < 1e-4, r  # the same base model on both sides
         assert r["effect"] > 1e-2, r  # the file really changes the prediction
         assert r["patched_comfy_vs_conditioned_diffusers"] < 1e-4, r

@@ -105,7 +105,10 @@ class TrainConfig:
                                                   "'global+block' (also the shared block vector).",
                                   choices=CONDITIONING_MODES, group="method")
     num_freqs: int = _opt(1, "Sinusoidal frequencies of the block path's encoding of w.", group="method")
-    lora_rank: int = _opt(32, "LoRA rank.", group="method")
+    lora_rank: int = _opt(32, "LoRA rank (the ranks every w shares).", group="method")
+    lora_reward_ranks: int = _opt(0, "w-conditioned LoRA: ranks per reward, on top of --lora-rank's shared ones, "
+                                     "each scaled by its reward's weight, so each end trains ranks of its own "
+                                     "(Panacea-style; 0: a plain LoRA).", group="method")
     lora_alpha: float = _opt(64.0, "LoRA alpha (scale = alpha / rank).", group="method")
 
     # ------------------------------------------------------------------ rollouts
@@ -204,12 +207,12 @@ class TrainConfig:
 
     def _check_ranges(self) -> None:
         positive = ("epochs", "images_per_prompt", "slots_per_prompt", "num_steps", "height", "width", "num_frames",
-                    "batch_size", "lora_rank", "num_freqs", "optimizer_steps_per_epoch", "train_timesteps",
+                    "batch_size", "num_freqs", "optimizer_steps_per_epoch", "train_timesteps",
                     "max_bad_steps", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}.")
-        non_negative = ("prompts_per_epoch", "weight_decay", "max_grad_norm", "kl_weight", "grpo_kl_weight",
+        non_negative = ("lora_rank", "lora_reward_ranks", "prompts_per_epoch", "weight_decay", "max_grad_norm", "kl_weight", "grpo_kl_weight",
                         "checkpoint_every", "num_threads", "sde_window", "adv_eps", "max_sequence_length")
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -261,6 +264,11 @@ class TrainConfig:
         PreferenceMixture.parse(self.preference_mixture, num_rewards=2)  # syntax check; M known later
         _check_share("--corners-first", self.corners_first, "with corner preferences only", 0.5)
         _check_share("--modules-first", self.modules_first, "in which only the preference modules train", 0.125)
+        if self.lora_rank + self.lora_reward_ranks < 1:
+            raise ValueError("--lora-rank must be >= 1 (or --lora-reward-ranks >= 1 for a LoRA of reward ranks only).")
+        if self.fixed_weights and self.lora_reward_ranks:
+            raise ValueError("--lora-reward-ranks needs a preference w, which --fixed-weights runs do not have: "
+                             "drop one of the two.")
         if self.fixed_weights:
             bad = [x for x in self.fixed_weights if not (math.isfinite(x) and x >= 0)]
             if bad or sum(self.fixed_weights) <= 0:
@@ -274,6 +282,10 @@ class TrainConfig:
     def is_baseline(self) -> bool:
         """True for the fixed-weights (early scalarization) baseline."""
         return bool(self.fixed_weights)
+
+    def lora_rank_total(self, num_rewards: int) -> int:
+        """The LoRA adapter's rank: the shared ranks and each reward's own (`--lora-reward-ranks`)."""
+        return self.lora_rank + self.lora_reward_ranks * num_rewards
 
     def output_path(self) -> Path:
         return Path(self.output)

@@ -191,11 +191,11 @@ class ParetoSliderTrainer:
         self._encode_once()
         if self.fsdp is None:  # after encoding: the text encoders and the transformer are never on the GPU together
             self.pipe.transformer.to(self.accelerator.device)
-        lora = LoraSpec(config.lora_rank, config.lora_alpha, self.adapter.lora_target_modules)
+        lora = LoraSpec(config.lora_rank_total(self.inputs.spec.num_rewards), config.lora_alpha, self.adapter.lora_target_modules)
         self.slider = ParetoSlider.attach(
             self.pipe.transformer, self.adapter.name, self.inputs.spec.reward_names,
             reward_descriptions=self.inputs.spec.reward_descriptions, mode=config.conditioning_mode,
-            num_freqs=config.num_freqs, lora=lora, base_model=self.base_model,
+            num_freqs=config.num_freqs, lora=lora, reward_ranks=config.lora_reward_ranks, base_model=self.base_model,
         )
         self.policies = Policies(
             self.slider, self.adapter, self.pipe, conditioned=not config.is_baseline,

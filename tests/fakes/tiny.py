@@ -82,21 +82,25 @@ def write_file(
     mode: str = "global+block",
     inner_dim: int = WIDTH,
     lora: bool = True,
+    reward_ranks: int = 0,
 ) -> Path:
-    """A real ParetoSlider file for `backbone`'s tiny model, with random (non-zero) modules and LoRA."""
+    """A real ParetoSlider file for `backbone`'s tiny model, with random (non-zero) modules and LoRA (2 shared
+    ranks, and `reward_ranks` per reward)."""
     gen = torch.Generator().manual_seed(seed)
     config = PreferenceModuleConfig(
-        num_rewards=len(reward_names), inner_dim=inner_dim, mode=mode, block_pe_dim=16, block_layers=2
+        num_rewards=len(reward_names), inner_dim=inner_dim, mode=mode, block_pe_dim=16, block_layers=2,
+        reward_ranks=reward_ranks,
     )
+    rank = 2 + config.reward_rank_total
     modules = PreferenceModules(config)
     with torch.no_grad():
         for p in modules.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    lora_state = _lora_state(tiny_model(backbone), backbone, 2, gen) if lora else {}
+    lora_state = _lora_state(tiny_model(backbone), backbone, rank, gen) if lora else {}
     data = ParetoSliderFile(
         backbone=backbone, base_model=f"tiny-{backbone}", spec=PreferenceSpec(tuple(reward_names)),
         module_config=config, module_state=modules.state_dict(),
-        lora=LoraSpec(2, 2.0, ("attn",)) if lora else None, lora_state=lora_state,
+        lora=LoraSpec(rank, float(rank), ("attn",)) if lora else None, lora_state=lora_state,
     )
     return save_pareto_slider(path, data)
 
