@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional
 
 from ..pslider_core import get_backbone
-from ..pslider_core.conditioning import expand_rows, reward_rank_scale
+from ..pslider_core.conditioning import reward_rank_scale, scale_reward_ranks
 from ..pslider_core.lora import lora_modules
 from .files import LoadedSlider
 
@@ -39,10 +39,8 @@ class RankedLayer:
 
     def add(self, x: torch.Tensor, out: torch.Tensor, rank_scale: torch.Tensor) -> torch.Tensor:
         """`out` plus this layer's reward-rank delta for input `x`, rank_scale (batch, R) per row."""
-        down = self.down.to(device=x.device, dtype=x.dtype)
-        hidden = functional.linear(x, down)
-        scale = expand_rows(rank_scale, hidden.shape[0]).to(device=x.device, dtype=x.dtype)
-        hidden = hidden * scale.view(scale.shape[0], *([1] * (hidden.ndim - 2)), scale.shape[1])
+        hidden = functional.linear(x, self.down.to(device=x.device, dtype=x.dtype))
+        hidden = scale_reward_ranks(hidden, rank_scale.to(x.device))
         delta = functional.linear(hidden, self.up.to(device=x.device, dtype=x.dtype))
         if self.function is not None:  # it reorders a weight's rows: the output's last dim
             delta = self.function(delta.movedim(-1, 0)).movedim(0, -1)

@@ -22,6 +22,8 @@ from diffusers import SD3Transformer2DModel
 from PIL import Image
 from safetensors.torch import load_file
 
+from helpers import randomize_, transformer_inputs
+
 from pslider_core import ParetoSlider, get_backbone, load_pareto_slider
 from pslider_core.advantages import group_advantages
 from pslider_core.rewards import RewardBatch, get_reward
@@ -30,6 +32,7 @@ from trainer.checkpoint import find_checkpoint
 from trainer.cli import interrupted_message, main
 from trainer.config import resolve_config
 from trainer.sample_cli import main as sample_main
+from trainer.policies import OLD, OLD_ADAPTER
 from trainer.trainer import ParetoSliderTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -425,6 +428,39 @@ def test_modules_first_and_advantage_std_reach_the_training_step(tiny_base, tmp_
     lora = [p.detach().clone() for p in fixed.policies.lora_parameters]
     fixed.train_epoch(0)
     assert any(moved(fixed.policies.lora_parameters, lora))
+
+
+def test_reward_ranks_train_the_old_policy_alike_and_a_resume_must_keep_them(tiny_base, tmp_path):
+    """--lora-reward-ranks: the file holds 2 shared + 2 x 1 reward ranks, the lagged old policy (a second adapter,
+    added after the slider's) is scaled by w too, and resuming with another count is refused."""
+    base, prompts = tiny_base("sd3"), write_prompts(tmp_path, "sd3")
+    output = tmp_path / "ranked.safetensors"
+    run_cli(tiny_args("sd3", base, prompts, output, "--lora-rank", "2", "--lora-reward-ranks", "1"))
+    data = load_pareto_slider(output, "sd3")
+    assert (data.lora.rank, data.module_config.reward_ranks, data.format_version) == (4, 1, 2)
+
+    run = ParetoSliderTrainer(resolve_config({}, {
+        "preset": "tiny", "base": str(base), "rewards": REWARDS, "prompts": str(prompts), "epochs": 1,
+        "output": str(tmp_path / "old.safetensors"), "prompts_per_epoch": 1, "num_steps": 2, "train_timesteps": 2,
+        "lora_rank": 2, "lora_reward_ranks": 1,
+    }))
+    randomize_(run.policies.old)
+    run.policies.old_preference.requires_grad_(False)
+    x, sigma, cond = transformer_inputs("sd3", get_backbone("sd3").tiny_pipeline(seed=0), PROMPTS[:2])  # encoders kept
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    with torch.no_grad():
+        old = run.policies(x, sigma, cond, w, OLD)
+        for layer in run.pipe.transformer.modules():  # zero reward b's rank (the last) of the old adapter
+            if hasattr(layer, "lora_B") and OLD_ADAPTER in layer.lora_B:
+                layer.lora_B[OLD_ADAPTER].weight[:, -1] = 0
+        without_b = run.policies(x, sigma, cond, w, OLD)
+    torch.testing.assert_close(without_b[0], old[0])  # at (1, 0) reward b's rank is scaled to zero
+    assert (without_b[1] - old[1]).abs().max() > 1e-4  # at (0, 1) it is not
+
+    checkpoints = output.with_name("ranked.checkpoints")
+    result = run_cli(tiny_args("sd3", base, prompts, output, "--lora-rank", "2", "--lora-reward-ranks", "2",
+                               "--epochs", "2", "--resume", str(checkpoints)), exit_code=2)
+    assert "lora_reward_ranks: checkpoint 1, now 2" in result.output
 
 
 # ---------------------------------------------------------------------- several processes
