@@ -372,8 +372,8 @@ def _parse_metadata(meta: dict[str, Any], name: str) -> ParetoSliderFile:
         rank = lora.rank if lora is not None else 0
         if module_config.reward_rank_total > rank:
             raise ParetoSliderFileError(
-                f"{name}: module_config.reward_ranks asks for {module_config.reward_rank_total} reward-owned LoRA ranks "
-                f"but the LoRA has rank {rank}; {_EDITED}."
+                f"{name}: module_config.reward_ranks asks for {module_config.reward_rank_total} reward-owned LoRA "
+                f"ranks but the LoRA has rank {rank}; {_EDITED}."
             )
     training = _optional(meta, "training", {})
     if not isinstance(training, dict):

@@ -3,9 +3,10 @@
     COMFYUI_PATH=/path/to/ComfyUI PYTHONPATH=torchvision-stub python tests/comfyui_parity.py OUT.json
 
 For the same file and w, the ComfyUI-patched model's velocity must equal the trainer-side conditioned diffusers
-transformer's (tiny SD3 and tiny Flux/Kontext, each with a plain and a w-conditioned LoRA), and the unpatched model must predict afterwards what it predicted
-before. Writes the measured differences to OUT.json; the test asserts on them. It imports only the standard
-library, ComfyUI, torch, safetensors and this repository (diffusers and peft for the trainer side), never pytest, so
+transformer's (tiny SD3 and tiny Flux/Kontext, each with a plain and a w-conditioned LoRA), and the unpatched model
+must predict afterwards what it predicted before. Writes the measured differences to OUT.json; the test asserts on
+them. It imports only the standard library, ComfyUI, torch, safetensors and this repository (diffusers and peft for
+the trainer side), never pytest, so
 the Python that runs ComfyUI needs no test tools.
 """
 

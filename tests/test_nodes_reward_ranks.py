@@ -84,8 +84,8 @@ def test_sweep_and_frame_schedule_rows_each_get_their_own_reward_ranks(library):
         for chunk in range(2):
             for got, want in zip(swept[chunk], alone[chunk]):
                 torch.testing.assert_close(got[i], want[i], atol=1e-5, rtol=1e-5)
-    frames = Schedule.execute(model=model, file=name, strength=1.0, over="frames", **sliders(1.0, 0.0, prefix="start_w"),
-                              **sliders(0.0, 1.0, prefix="end_w"))[0]
+    frames = Schedule.execute(model=model, file=name, strength=1.0, over="frames",
+                              **sliders(1.0, 0.0, prefix="start_w"), **sliders(0.0, 1.0, prefix="end_w"))[0]
     got = step(frames, "ltx2", x, sigma, conds)
     start = step(apply(model, name, 1.0, 0.0), "ltx2", x, sigma, conds)
     torch.testing.assert_close(got[0][0][:, :, 0], start[0][0][:, :, 0], atol=1e-5, rtol=1e-5)  # first frame: start

@@ -212,8 +212,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}.")
-        non_negative = ("lora_rank", "lora_reward_ranks", "prompts_per_epoch", "weight_decay", "max_grad_norm", "kl_weight", "grpo_kl_weight",
-                        "checkpoint_every", "num_threads", "sde_window", "adv_eps", "max_sequence_length")
+        non_negative = ("lora_rank", "lora_reward_ranks", "prompts_per_epoch", "weight_decay", "max_grad_norm",
+                        "kl_weight", "grpo_kl_weight", "checkpoint_every", "num_threads", "sde_window", "adv_eps",
+                        "max_sequence_length")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}.")

@@ -191,7 +191,8 @@ class ParetoSliderTrainer:
         self._encode_once()
         if self.fsdp is None:  # after encoding: the text encoders and the transformer are never on the GPU together
             self.pipe.transformer.to(self.accelerator.device)
-        lora = LoraSpec(config.lora_rank_total(self.inputs.spec.num_rewards), config.lora_alpha, self.adapter.lora_target_modules)
+        rank = config.lora_rank_total(self.inputs.spec.num_rewards)
+        lora = LoraSpec(rank, config.lora_alpha, self.adapter.lora_target_modules)
         self.slider = ParetoSlider.attach(
             self.pipe.transformer, self.adapter.name, self.inputs.spec.reward_names,
             reward_descriptions=self.inputs.spec.reward_descriptions, mode=config.conditioning_mode,
