@@ -6,8 +6,7 @@ For the same file and w, the ComfyUI-patched model's velocity must equal the tra
 transformer's (tiny SD3 and tiny Flux/Kontext, each with a plain and a w-conditioned LoRA), and the unpatched model
 must predict afterwards what it predicted before. Writes the measured differences to OUT.json; the test asserts on
 them. It imports only the standard library, ComfyUI, torch, safetensors and this repository (diffusers and peft for
-the trainer side), never pytest, so
-the Python that runs ComfyUI needs no test tools.
+the trainer side), never pytest, so the Python that runs ComfyUI needs no test tools.
 """
 
 from __future__ import annotations
