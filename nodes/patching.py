@@ -85,8 +85,8 @@ def patch_model(model: Any, loaded: LoadedSlider, strength: float, policy: Weigh
     points = hook_points(model, loaded.data, loaded.name)
     lora_state, ranks = loaded.data.lora_state, None
     if loaded.data.module_config.reward_ranks and strength != 0.0:
-        lora_state, _ = split_lora(loaded)
-        ranks = reward_ranks(model, loaded, strength)
+        lora_state, ranked = split_lora(loaded)
+        ranks = reward_ranks(model, loaded, ranked, strength)
     if isinstance(policy, list):
         from .controls import ControlWrapper
 

@@ -94,10 +94,10 @@ def split_lora(loaded: LoadedSlider) -> tuple[dict[str, torch.Tensor], dict[str,
     return plain, ranked
 
 
-def reward_ranks(model: Any, loaded: LoadedSlider, strength: float) -> RewardRanks:
-    """Place the reward ranks on `model` (a ModelPatcher) with ComfyUI's key map; keys it cannot map are logged
-    as ComfyUI logs its own ("lora key not loaded"), and left out."""
-    _, ranked = split_lora(loaded)
+def reward_ranks(model: Any, loaded: LoadedSlider, ranked: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 strength: float) -> RewardRanks:
+    """Place the reward ranks (`split_lora`'s second part) on `model` (a ModelPatcher) with ComfyUI's key map; keys it
+    cannot map are logged as ComfyUI logs its own ("lora key not loaded"), and left out."""
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     state = model.model.state_dict()
     layers = []

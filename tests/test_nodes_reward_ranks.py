@@ -92,6 +92,18 @@ def test_sweep_and_frame_schedule_rows_each_get_their_own_reward_ranks(library):
     assert no_hooks_left(model)
 
 
+def test_reward_ranks_the_key_map_cannot_place_are_logged_as_comfyui_logs_its_own(library, caplog):
+    """The fakes' key map knows no diffusers names (SD3 files' keys), as the real one knows none of another model's."""
+    name = library.add("r.safetensors", "sd3", reward_ranks=PER_REWARD)
+    with caplog.at_level("WARNING"):
+        patched = apply(tiny_model("sd3"), name, 0.3, 0.7)
+    lora = load_pareto_slider(library.path("r.safetensors")).lora_state
+    modules = {k.removesuffix(".lora_A.weight") for k in lora if "lora_A" in k}
+    logged = {m for m in modules if f"lora key not loaded: {m} (ParetoSlider reward ranks" in caplog.text}
+    assert logged == modules
+    assert patched.get_wrappers("apply_model", "pareto_slider")[0].ranks.layers == ()
+
+
 def test_strength_zero_adds_neither_patches_nor_rank_hooks(library):
     name = library.add("r.safetensors", "ltx2", reward_ranks=PER_REWARD)
     model = tiny_model("ltx2")
