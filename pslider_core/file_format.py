@@ -369,12 +369,10 @@ def _parse_metadata(meta: dict[str, Any], name: str) -> ParetoSliderFile:
                 f"{name} says format {version}, which cannot hold module_config.reward_ranks "
                 f"({module_config.reward_ranks}); {_EDITED}."
             )
-        rank = lora.rank if lora is not None else 0
-        if module_config.reward_rank_total > rank:
-            raise ParetoSliderFileError(
-                f"{name}: module_config.reward_ranks asks for {module_config.reward_rank_total} reward-owned LoRA "
-                f"ranks but the LoRA has rank {rank}; {_EDITED}."
-            )
+        try:
+            module_config.check_lora_rank(lora.rank if lora is not None else 0)
+        except ValueError as err:
+            raise _invalid(name, "module_config", err) from None
     training = _optional(meta, "training", {})
     if not isinstance(training, dict):
         raise _wrong_type(name, "training", "a JSON object", training)

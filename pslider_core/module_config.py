@@ -53,6 +53,14 @@ class PreferenceModuleConfig:
         """The LoRA's last ranks that w scales: `reward_ranks` per reward, in reward order."""
         return self.reward_ranks * self.num_rewards
 
+    def check_lora_rank(self, rank: int) -> None:
+        """The reward-owned ranks must fit in a LoRA of `rank` (0: no LoRA): a ValueError naming both otherwise."""
+        if self.reward_rank_total > rank:
+            raise ValueError(
+                f"reward_ranks asks for {self.reward_rank_total} reward-owned LoRA ranks but the LoRA has rank {rank}; "
+                "raise the LoRA's rank or lower reward_ranks."
+            )
+
     def to_dict(self) -> dict:
         return asdict(self)
 

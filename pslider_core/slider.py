@@ -70,7 +70,7 @@ class ParetoSlider:
             num_rewards=spec.num_rewards, inner_dim=adapter.inner_dim(transformer), mode=mode, num_freqs=num_freqs,
             reward_ranks=reward_ranks,
         )
-        check_reward_ranks(config, lora.rank if lora is not None else 0)
+        config.check_lora_rank(lora.rank if lora is not None else 0)
         if lora is not None:
             lora = dataclasses.replace(lora, exclude_modules=tuple(adapter.unreachable_lora_modules(transformer)))
             add_lora(transformer, lora, adapter_name)
@@ -125,15 +125,6 @@ class ParetoSlider:
 
     def save(self, path: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
         return save_pareto_slider(path, self.to_file(training))
-
-
-def check_reward_ranks(config: PreferenceModuleConfig, lora_rank: int) -> None:
-    """A w-conditioned LoRA's reward-owned ranks must fit in the LoRA."""
-    if config.reward_rank_total > lora_rank:
-        raise ValueError(
-            f"The preference modules scale {config.reward_rank_total} reward-owned LoRA ranks ({config.reward_ranks} "
-            f"per reward) but the LoRA has rank {lora_rank}; raise the LoRA's rank or lower reward_ranks."
-        )
 
 
 def check_compatible(data: ParetoSliderFile, adapter: BackboneAdapter, transformer: nn.Module) -> None:

@@ -158,7 +158,7 @@ def test_a_plain_slider_is_still_written_as_format_1(tmp_path):
 def test_reward_ranks_must_fit_in_the_lora():
     adapter = get_backbone("toy")
     pipe = adapter.tiny_pipeline(seed=0)
-    with pytest.raises(ValueError, match="scale 6 reward-owned LoRA ranks .3 per reward. but the LoRA has rank 4"):
+    with pytest.raises(ValueError, match="asks for 6 reward-owned LoRA ranks but the LoRA has rank 4"):
         ParetoSlider.attach(pipe.transformer, "toy", ["a", "b"], lora=LoraSpec(4, 8, adapter.lora_target_modules),
                             reward_ranks=3)
 
