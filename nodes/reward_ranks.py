@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import comfy.lora
@@ -36,12 +36,18 @@ class RankedLayer:
     up: torch.Tensor  # (out, R)
     offset: tuple[int, int, int] | None
     function: Callable[[torch.Tensor], torch.Tensor] | None
+    # (down, up) on each (device, dtype) the layer ran with: copied once, not at every sampler step
+    placed: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def add(self, x: torch.Tensor, out: torch.Tensor, rank_scale: torch.Tensor) -> torch.Tensor:
         """`out` plus this layer's reward-rank delta for input `x`, rank_scale (batch, R) per row."""
-        hidden = functional.linear(x, self.down.to(device=x.device, dtype=x.dtype))
-        hidden = scale_reward_ranks(hidden, rank_scale.to(x.device))
-        delta = functional.linear(hidden, self.up.to(device=x.device, dtype=x.dtype))
+        key = (x.device, x.dtype)
+        if key not in self.placed:
+            self.placed[key] = tuple(t.to(device=x.device, dtype=x.dtype) for t in (self.down, self.up))
+        down, up = self.placed[key]
+        hidden = scale_reward_ranks(functional.linear(x, down), rank_scale.to(x.device))
+        delta = functional.linear(hidden, up)
         if self.function is not None:  # it reorders a weight's rows: the output's last dim
             delta = self.function(delta.movedim(-1, 0)).movedim(0, -1)
         if self.offset is None:
